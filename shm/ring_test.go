@@ -1,0 +1,481 @@
+package shm
+
+import (
+	"context"
+	"encoding/binary"
+	"errors"
+	"sync"
+	"testing"
+	"time"
+)
+
+var bothKinds = []RingKind{KindIngressSPSC, KindIngressMPMC}
+
+// TestRingEverySize writes records of every payload size from 0 to the
+// maximum through a small ring, so that every size meets the wrap point at
+// many offsets, and checks each payload byte for byte.
+func TestRingEverySize(t *testing.T) {
+	for _, kind := range bothKinds {
+		t.Run(kind.String(), func(t *testing.T) {
+			s := newSegment(t, 1<<20)
+			r := newRing(t, s, kind, 4096)
+			p := mustProducer(t, r, 1)
+			c := mustConsumer(t, r)
+			var seq, got uint64
+			for n := 0; n <= r.MaxPayload(); n++ {
+				for k := 0; k < 3; k++ { // three per size: offsets move
+					cl, err := p.Claim(7, n)
+					if errors.Is(err, ErrFull) {
+						drain(t, c, &got)
+						cl, err = p.Claim(7, n)
+					}
+					if err != nil {
+						t.Fatalf("size %d: %v", n, err)
+					}
+					if len(cl.Buf) != n {
+						t.Fatalf("claim of %d gave %d bytes", n, len(cl.Buf))
+					}
+					binaryPut(cl.Buf, seq)
+					p.Commit(cl)
+					seq++
+				}
+			}
+			drain(t, c, &got)
+			if got != seq {
+				t.Fatalf("consumed %d records, produced %d", got, seq)
+			}
+			if _, err := p.Claim(7, r.MaxPayload()+1); !errors.Is(err, ErrTooLarge) {
+				t.Fatalf("oversized claim: %v, want ErrTooLarge", err)
+			}
+		})
+	}
+}
+
+// binaryPut stores seq in the first 8 bytes (if room) and a pattern after.
+func binaryPut(b []byte, seq uint64) {
+	fill(b, seq)
+	if len(b) >= 8 {
+		binary.LittleEndian.PutUint64(b, seq)
+	}
+}
+
+// drain consumes everything and checks sequence and pattern; got counts the
+// records seen so far and is the sequence expected next.
+func drain(t *testing.T, c *Consumer, got *uint64) {
+	t.Helper()
+	for {
+		n, err := c.Poll(0, func(rec Record) {
+			b := rec.Payload
+			if rec.Type != 7 {
+				t.Fatalf("record %d has type %d", *got, rec.Type)
+			}
+			if len(b) >= 8 && binary.LittleEndian.Uint64(b) != *got {
+				t.Fatalf("record %d carries sequence %d", *got, binary.LittleEndian.Uint64(b))
+			}
+			want := make([]byte, len(b))
+			binaryPut(want, *got)
+			if string(want) != string(b) {
+				t.Fatalf("record %d (%d bytes): payload differs", *got, len(b))
+			}
+			*got++
+		})
+		if err != nil {
+			t.Fatalf("Poll: %v", err)
+		}
+		if err := c.Release(c.ReadPos()); err != nil {
+			t.Fatalf("Release: %v", err)
+		}
+		if n == 0 {
+			return
+		}
+	}
+}
+
+func TestRingFullAndAbort(t *testing.T) {
+	for _, kind := range bothKinds {
+		t.Run(kind.String(), func(t *testing.T) {
+			s := newSegment(t, 1<<20)
+			r := newRing(t, s, kind, 4096)
+			p := mustProducer(t, r, 1)
+			c := mustConsumer(t, r)
+			// 120-byte payload = 128-byte record: exactly 32 fit.
+			for i := 0; i < 32; i++ {
+				cl, err := p.Claim(7, 120)
+				if err != nil {
+					t.Fatalf("claim %d: %v", i, err)
+				}
+				binaryPut(cl.Buf, uint64(i))
+				if i%2 == 1 {
+					p.Abort(cl)
+				} else {
+					p.Commit(cl)
+				}
+			}
+			if _, err := p.Claim(7, 0); !errors.Is(err, ErrFull) {
+				t.Fatalf("claim on a full ring: %v, want ErrFull", err)
+			}
+			if r.Used() != 4096 {
+				t.Fatalf("Used = %d, want 4096", r.Used())
+			}
+			var seqs []uint64
+			if _, err := c.Poll(0, func(rec Record) { seqs = append(seqs, binary.LittleEndian.Uint64(rec.Payload)) }); err != nil {
+				t.Fatal(err)
+			}
+			if len(seqs) != 16 {
+				t.Fatalf("got %d records, want the 16 committed ones", len(seqs))
+			}
+			for i, s := range seqs {
+				if s != uint64(2*i) {
+					t.Fatalf("record %d has seq %d; aborted records must be skipped", i, s)
+				}
+			}
+			// Not released yet: still full.
+			if _, err := p.Claim(7, 0); !errors.Is(err, ErrFull) {
+				t.Fatalf("claim before release: %v, want ErrFull", err)
+			}
+			c.Release(c.ReadPos())
+			for i, b := range r.data {
+				if b != 0 {
+					t.Fatalf("byte %d of the data area is %d after release; the consumer must zero it", i, b)
+				}
+			}
+			if _, err := p.Claim(7, 120); err != nil {
+				t.Fatalf("claim after release: %v", err)
+			}
+		})
+	}
+}
+
+// TestRingBatchAcrossWrap claims batches whose size does not divide the
+// capacity, so that batches keep landing on the wrap point, and checks that
+// a batch is delivered whole, in order, or not at all.
+func TestRingBatchAcrossWrap(t *testing.T) {
+	for _, kind := range bothKinds {
+		t.Run(kind.String(), func(t *testing.T) {
+			s := newSegment(t, 1<<20)
+			r := newRing(t, s, kind, 4096)
+			p := mustProducer(t, r, 1)
+			c := mustConsumer(t, r)
+			var seq, got uint64
+			wraps := 0
+			for round := 0; round < 200; round++ {
+				sizes := []int{1 + round%50, 100, 7, 300 + round%17, 0}
+				if round%3 == 0 {
+					drain(t, c, &got)
+				}
+				b, err := p.ClaimBatch(7, sizes)
+				if errors.Is(err, ErrFull) {
+					drain(t, c, &got)
+					b, err = p.ClaimBatch(7, sizes)
+				}
+				if err != nil {
+					t.Fatal(err)
+				}
+				if b.pos&r.mask == 0 && b.pos != 0 {
+					wraps++
+				}
+				for i := range sizes {
+					buf := p.Next(&b)
+					if len(buf) != sizes[i] {
+						t.Fatalf("record %d of batch has %d bytes, want %d", i, len(buf), sizes[i])
+					}
+					binaryPut(buf, seq)
+					seq++
+				}
+				if p.Next(&b) != nil {
+					t.Fatal("Next after the last record must return nil")
+				}
+				// Before commit the consumer sees nothing of the batch.
+				drain(t, c, &got)
+				if got != seq-uint64(len(sizes)) {
+					t.Fatalf("consumer saw %d records of an uncommitted batch", got-(seq-uint64(len(sizes))))
+				}
+				p.CommitBatch(&b)
+			}
+			drain(t, c, &got)
+			if got != seq {
+				t.Fatalf("consumed %d, produced %d", got, seq)
+			}
+			if wraps == 0 {
+				t.Fatal("no batch started at the wrap point; the test does not test the wrap")
+			}
+		})
+	}
+}
+
+func TestRingAbortBatch(t *testing.T) {
+	s := newSegment(t, 1<<20)
+	r := newRing(t, s, KindIngressMPMC, 4096)
+	p := mustProducer(t, r, 1)
+	c := mustConsumer(t, r)
+	b, err := p.ClaimBatch(7, []int{10, 20, 30})
+	if err != nil {
+		t.Fatal(err)
+	}
+	p.Next(&b)
+	p.Next(&b)
+	p.AbortBatch(&b)
+	cl, _ := p.Claim(7, 8)
+	binaryPut(cl.Buf, 0)
+	p.Commit(cl)
+	var got uint64
+	drain(t, c, &got)
+	if got != 1 {
+		t.Fatalf("got %d records, want only the one after the aborted batch", got)
+	}
+}
+
+// TestMPMCConcurrent runs producers and consumers as goroutines on one MPMC
+// ring; every record arrives exactly once and per-producer order holds
+// within each consumer.
+func TestMPMCConcurrent(t *testing.T) {
+	s := newSegment(t, 1<<20)
+	r := newRing(t, s, KindIngressMPMC, 1<<14)
+	const producers, consumers, per = 4, 3, 20000
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	var wg sync.WaitGroup
+	for id := 1; id <= producers; id++ {
+		p := mustProducer(t, r, uint16(id))
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for i := uint64(0); i < per; i++ {
+				n := int(i % 97)
+				if n < 8 {
+					n = 8
+				}
+				for {
+					cl, err := p.Claim(7, n)
+					if errors.Is(err, ErrFull) {
+						p.WaitSpace(ctx, n, DefaultSpin)
+						continue
+					}
+					if err != nil {
+						t.Error(err)
+						return
+					}
+					binaryPut(cl.Buf, i)
+					p.Commit(cl)
+					break
+				}
+			}
+		}()
+	}
+	var mu sync.Mutex
+	seen := make([]map[uint64]bool, producers+1)
+	for i := range seen {
+		seen[i] = map[uint64]bool{}
+	}
+	total := 0
+	done := make(chan struct{})
+	var cwg sync.WaitGroup
+	for k := 0; k < consumers; k++ {
+		c, err := r.SharedConsumer()
+		if err != nil {
+			t.Fatal(err)
+		}
+		cwg.Add(1)
+		go func() {
+			defer cwg.Done()
+			last := make([]int64, producers+1)
+			for i := range last {
+				last[i] = -1
+			}
+			for {
+				n, err := c.Poll(64, func(rec Record) {
+					seq := binary.LittleEndian.Uint64(rec.Payload)
+					want := make([]byte, len(rec.Payload))
+					binaryPut(want, seq)
+					if string(want) != string(rec.Payload) {
+						t.Errorf("producer %d seq %d: payload differs", rec.Flags, seq)
+					}
+					if int64(seq) <= last[rec.Flags] {
+						t.Errorf("consumer saw producer %d seq %d after %d", rec.Flags, seq, last[rec.Flags])
+					}
+					last[rec.Flags] = int64(seq)
+					mu.Lock()
+					if seen[rec.Flags][seq] {
+						t.Errorf("producer %d seq %d delivered twice", rec.Flags, seq)
+					}
+					seen[rec.Flags][seq] = true
+					total++
+					mu.Unlock()
+				})
+				if err != nil {
+					t.Error(err)
+					return
+				}
+				if err := c.Release(^uint64(0)); err != nil {
+					t.Error(err)
+					return
+				}
+				if n == 0 {
+					select {
+					case <-done:
+						return
+					default:
+					}
+					wctx, wcancel := context.WithTimeout(ctx, 5*time.Millisecond)
+					c.Wait(wctx, DefaultSpin)
+					wcancel()
+				}
+			}
+		}()
+	}
+	wg.Wait()
+	// Let the consumers drain, then stop them.
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		mu.Lock()
+		n := total
+		mu.Unlock()
+		if n == producers*per || time.Now().After(deadline) {
+			break
+		}
+		time.Sleep(time.Millisecond)
+	}
+	close(done)
+	cwg.Wait()
+	if total != producers*per {
+		t.Fatalf("delivered %d records, want %d", total, producers*per)
+	}
+}
+
+func TestUnblockDeadClaim(t *testing.T) {
+	s := newSegment(t, 1<<20)
+	r := newRing(t, s, KindIngressMPMC, 4096)
+	live := mustProducer(t, r, 1)
+	deadP := mustProducer(t, r, 2)
+	c := mustConsumer(t, r)
+	put := func(p *Producer, seq uint64) {
+		cl, err := p.Claim(7, 16)
+		if err != nil {
+			t.Fatal(err)
+		}
+		binaryPut(cl.Buf, seq)
+		p.Commit(cl)
+	}
+	put(live, 0)
+	if _, err := deadP.Claim(7, 40); err != nil { // never committed
+		t.Fatal(err)
+	}
+	put(live, 1)
+	var got uint64
+	drain(t, c, &got)
+	if got != 1 {
+		t.Fatalf("before unblock got %d records, want 1 (the ring is blocked)", got)
+	}
+	ok, err := c.Unblock(func(id uint16) bool { return id == 3 })
+	if ok || err != nil {
+		t.Fatalf("Unblock with a live owner: %v %v, want false", ok, err)
+	}
+	ok, err = c.Unblock(func(id uint16) bool { return id == 2 })
+	if !ok || err != nil {
+		t.Fatalf("Unblock: %v %v", ok, err)
+	}
+	drain(t, c, &got)
+	if got != 2 {
+		t.Fatalf("after unblock got %d records, want 2", got)
+	}
+}
+
+// TestUnblockUnmarkedClaim simulates a producer that died after its CAS on
+// the tail but before it marked the claim: the header is zero.
+func TestUnblockUnmarkedClaim(t *testing.T) {
+	s := newSegment(t, 1<<20)
+	r := newRing(t, s, KindIngressMPMC, 4096)
+	p := mustProducer(t, r, 1)
+	c := mustConsumer(t, r)
+	cl, _ := p.Claim(7, 16)
+	binaryPut(cl.Buf, 0)
+	p.Commit(cl)
+	// The dying producer's CAS: 64 bytes reserved, header never written.
+	tail := u64At(r.ctl, rcTail)
+	tail.Add(64)
+	cl, _ = p.Claim(7, 16)
+	binaryPut(cl.Buf, 1)
+	p.Commit(cl)
+	var got uint64
+	drain(t, c, &got)
+	if got != 1 {
+		t.Fatalf("got %d, want 1 before unblock", got)
+	}
+	if ok, _ := c.Unblock(func(id uint16) bool { return false }); ok {
+		t.Fatal("Unblock must ask before padding an unmarked claim")
+	}
+	ok, err := c.Unblock(func(id uint16) bool { return id == NoOwner })
+	if !ok || err != nil {
+		t.Fatalf("Unblock: %v %v", ok, err)
+	}
+	drain(t, c, &got)
+	if got != 2 {
+		t.Fatalf("got %d, want 2 after unblock", got)
+	}
+}
+
+func TestConsumerReleaseLater(t *testing.T) {
+	s := newSegment(t, 1<<20)
+	r := newRing(t, s, KindIngressSPSC, 4096)
+	p := mustProducer(t, r, 1)
+	c := mustConsumer(t, r)
+	var ends []uint64
+	for i := 0; i < 4; i++ {
+		cl, _ := p.Claim(7, 100)
+		p.Commit(cl)
+	}
+	c.Poll(0, func(rec Record) { ends = append(ends, rec.End) })
+	if len(ends) != 4 {
+		t.Fatalf("got %d records", len(ends))
+	}
+	c.Release(ends[1])
+	if c.Head() != ends[1] {
+		t.Fatalf("head %d, want %d", c.Head(), ends[1])
+	}
+	// A restarted consumer re-reads what was read but not released.
+	c2 := mustConsumer(t, r)
+	n, _ := c2.Poll(0, func(Record) {})
+	if n != 2 {
+		t.Fatalf("restarted consumer read %d records, want the 2 unreleased", n)
+	}
+}
+
+func TestWaitWakes(t *testing.T) {
+	s := newSegment(t, 1<<20)
+	r := newRing(t, s, KindIngressSPSC, 4096)
+	p := mustProducer(t, r, 1)
+	c := mustConsumer(t, r)
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	woke := make(chan bool)
+	go func() { woke <- c.Wait(ctx, 0) }()
+	// Wait until the consumer sleeps in the kernel.
+	for s.Doorbell().Waiters() == 0 {
+		time.Sleep(time.Millisecond)
+	}
+	cl, _ := p.Claim(7, 1)
+	p.Commit(cl)
+	if !<-woke {
+		t.Fatal("Wait returned false after a commit")
+	}
+	if s.Doorbell().Waiters() != 0 {
+		t.Fatalf("waiter count %d after wake", s.Doorbell().Waiters())
+	}
+	// Cancellation ends a sleep.
+	c.Poll(0, func(Record) {})
+	c.Release(c.ReadPos())
+	ctx2, cancel2 := context.WithCancel(context.Background())
+	go func() { woke <- c.Wait(ctx2, 0) }()
+	for s.Doorbell().Waiters() == 0 {
+		time.Sleep(time.Millisecond)
+	}
+	cancel2()
+	select {
+	case ok := <-woke:
+		if ok {
+			t.Fatal("Wait reported data after cancellation with an empty ring")
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("Wait did not return after its context was cancelled")
+	}
+}
