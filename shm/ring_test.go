@@ -479,3 +479,41 @@ func TestWaitWakes(t *testing.T) {
 		t.Fatal("Wait did not return after its context was cancelled")
 	}
 }
+
+// TestRingAllocs checks that the hot paths allocate nothing: claim, commit,
+// batch claim and commit, poll and release.
+func TestRingAllocs(t *testing.T) {
+	if raceEnabled {
+		t.Skip("the race detector's instrumentation allocates")
+	}
+	for _, kind := range bothKinds {
+		s := newSegment(t, 1<<20)
+		r := newRing(t, s, kind, 1<<16)
+		p := mustProducer(t, r, 1)
+		c := mustConsumer(t, r)
+		sizes := []int{100, 20, 300}
+		var sink int
+		fn := func(rec Record) { sink += len(rec.Payload) }
+		allocs := testing.AllocsPerRun(1000, func() {
+			cl, err := p.Claim(7, 120)
+			if err != nil {
+				t.Fatal(err)
+			}
+			p.Commit(cl)
+			b, err := p.ClaimBatch(7, sizes)
+			if err != nil {
+				t.Fatal(err)
+			}
+			p.CommitBatch(&b)
+			if _, err := c.Poll(0, fn); err != nil {
+				t.Fatal(err)
+			}
+			if err := c.Release(c.ReadPos()); err != nil {
+				t.Fatal(err)
+			}
+		})
+		if allocs != 0 {
+			t.Fatalf("%v: %v allocations per claim/commit/poll/release round", kind, allocs)
+		}
+	}
+}
