@@ -1,0 +1,76 @@
+# framebus — every developer and CI entry point. `make` alone prints help.
+
+GO        ?= go
+FLATC     ?= flatc
+FUZZTIME  ?= 5m
+BENCHCOUNT ?= 5
+BENCHOUT  ?= bench.out
+DEMOTIME  ?= 10s
+BIN       := bin
+
+# Packages with fuzz targets, and their targets (kept in sync by `make fuzz-list`).
+FUZZ_TARGETS := schema:FuzzVerify shm:FuzzSegmentHeader shm:FuzzRingConsumer
+
+.DEFAULT_GOAL := help
+.PHONY: help build test fmt-check vet generate generate-check test-race test-allocs bench fuzz fuzz-list lint demo clean
+
+help: ## Show this help.
+	@echo "framebus — shared-memory message bus for multiprocess IoT gateways"
+	@echo
+	@echo "Targets:"
+	@grep -E '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/' | awk -F'\t' '{printf "  %-16s %s\n", $$1, $$2}'
+	@echo
+	@echo "Variables: FUZZTIME=$(FUZZTIME) (per fuzz target), BENCHCOUNT=$(BENCHCOUNT), DEMOTIME=$(DEMOTIME)"
+
+build: ## Build every package and bin/framebus.
+	$(GO) build ./...
+	$(GO) build -o $(BIN)/framebus ./cmd/framebus
+
+test: fmt-check vet fuzz-list generate-check test-allocs test-race ## What CI runs: gofmt, vet, fuzz-target list, generated-code check, race tests, allocation tests.
+
+fmt-check: ## Fail if gofmt would change a file.
+	@out=$$(gofmt -l $$(git ls-files '*.go' 2>/dev/null || find . -name '*.go')); \
+	if [ -n "$$out" ]; then echo "gofmt would change:"; echo "$$out"; echo "run: gofmt -w ."; exit 1; fi
+
+vet: ## go vet ./...
+	$(GO) vet ./...
+
+generate: ## Regenerate schema/fb from schema/framebus.fbs with flatc.
+	$(GO) generate ./schema
+
+generate-check: ## Fail if `make generate` would change the committed generated code.
+	@command -v $(FLATC) >/dev/null || { echo "flatc not found: apt-get install flatbuffers-compiler"; exit 1; }
+	@tmp=$$(mktemp -d); trap 'rm -rf $$tmp' EXIT; \
+	$(FLATC) --go --go-namespace fb -o $$tmp schema/framebus.fbs && gofmt -w $$tmp/fb && \
+	diff -ru -x doc.go schema/fb $$tmp/fb || { echo "schema/fb is stale: run make generate and commit"; exit 1; }
+
+test-race: ## go test -race ./...
+	$(GO) test -race -timeout 20m ./...
+
+test-allocs: ## Allocation tests, without -race (its instrumentation allocates, so they skip under it).
+	$(GO) test -count 1 -run 'Allocs' ./schema ./shm
+
+bench: ## Benchmarks (shm rings vs Unix socket, encoders); results into $(BENCHOUT) and a median table.
+	$(GO) test -run '^$$' -bench . -benchmem -count $(BENCHCOUNT) -timeout 60m ./shm ./schema | tee $(BENCHOUT)
+	$(GO) run ./cmd/benchreport < $(BENCHOUT)
+
+fuzz: ## Run every fuzz target for FUZZTIME each (seeds in */testdata/fuzz).
+	@set -e; for t in $(FUZZ_TARGETS); do \
+		pkg=$${t%%:*}; name=$${t#*:}; \
+		echo "== $$pkg $$name for $(FUZZTIME)"; \
+		$(GO) test ./$$pkg -run '^$$' -fuzz "^$$name\$$" -fuzztime $(FUZZTIME) -parallel 1; \
+	done
+
+fuzz-list: ## Check that FUZZ_TARGETS lists every fuzz target in the tree.
+	@found=$$(grep -rhoE '^func (Fuzz[A-Za-z0-9_]+)' --include='*_test.go' . | sed 's/func //' | sort); \
+	listed=$$(echo $(FUZZ_TARGETS) | tr ' ' '\n' | sed 's/.*://' | sort); \
+	[ "$$found" = "$$listed" ] || { echo "FUZZ_TARGETS differs from the fuzz targets in the tree:"; echo "found: $$found"; exit 1; }
+
+lint: fmt-check vet ## gofmt, go vet and staticcheck.
+	$(GO) run honnef.co/go/tools/cmd/staticcheck@v0.8.2 ./...
+
+demo: ## Producer processes stream frames through one segment; the consumer prints the live rate.
+	$(GO) run ./cmd/framebus demo --duration $(DEMOTIME)
+
+clean: ## Remove build output.
+	rm -rf $(BIN) $(BENCHOUT)

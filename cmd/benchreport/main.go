@@ -1,0 +1,144 @@
+// Command benchreport reads `go test -bench` output on standard input and
+// prints markdown: the median of every metric of every benchmark over its
+// runs, and for each shared-memory ring throughput benchmark its ratio to the
+// Unix socket peer of the same record size measured in the same run.
+//
+//	go test -run '^$' -bench . -count 5 ./shm ./schema | go run ./cmd/benchreport
+package main
+
+import (
+	"bufio"
+	"fmt"
+	"io"
+	"os"
+	"regexp"
+	"slices"
+	"strconv"
+	"strings"
+)
+
+type bench struct {
+	name    string
+	metrics map[string][]float64
+	units   []string // in first-seen order
+}
+
+var procSuffix = regexp.MustCompile(`-\d+$`)
+
+func parse(r io.Reader) ([]*bench, error) {
+	byName := map[string]*bench{}
+	var order []*bench
+	sc := bufio.NewScanner(r)
+	sc.Buffer(make([]byte, 1<<20), 1<<20)
+	for sc.Scan() {
+		f := strings.Fields(sc.Text())
+		if len(f) < 4 || !strings.HasPrefix(f[0], "Benchmark") {
+			continue
+		}
+		if _, err := strconv.Atoi(f[1]); err != nil {
+			continue
+		}
+		name := procSuffix.ReplaceAllString(strings.TrimPrefix(f[0], "Benchmark"), "")
+		b := byName[name]
+		if b == nil {
+			b = &bench{name: name, metrics: map[string][]float64{}}
+			byName[name] = b
+			order = append(order, b)
+		}
+		for i := 2; i+1 < len(f); i += 2 {
+			v, err := strconv.ParseFloat(f[i], 64)
+			if err != nil {
+				continue
+			}
+			u := f[i+1]
+			if _, ok := b.metrics[u]; !ok {
+				b.units = append(b.units, u)
+			}
+			b.metrics[u] = append(b.metrics[u], v)
+		}
+	}
+	return order, sc.Err()
+}
+
+func median(v []float64) float64 {
+	s := slices.Clone(v)
+	slices.Sort(s)
+	n := len(s)
+	if n == 0 {
+		return 0
+	}
+	if n%2 == 1 {
+		return s[n/2]
+	}
+	return (s[n/2-1] + s[n/2]) / 2
+}
+
+func format(v float64) string {
+	switch {
+	case v >= 1e6:
+		return fmt.Sprintf("%.2fM", v/1e6)
+	case v >= 1000:
+		return fmt.Sprintf("%.0f", v)
+	case v >= 10:
+		return fmt.Sprintf("%.1f", v)
+	}
+	return fmt.Sprintf("%.2f", v)
+}
+
+var sizeRE = regexp.MustCompile(`size=(\d+)`)
+
+func main() {
+	benches, err := parse(os.Stdin)
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "benchreport:", err)
+		os.Exit(1)
+	}
+	if len(benches) == 0 {
+		fmt.Fprintln(os.Stderr, "benchreport: no benchmark lines on standard input")
+		os.Exit(1)
+	}
+	fmt.Println("| benchmark | runs | median |")
+	fmt.Println("|---|---|---|")
+	byName := map[string]*bench{}
+	for _, b := range benches {
+		byName[b.name] = b
+		var parts []string
+		runs := 0
+		for _, u := range b.units {
+			if u == "ns/op" && median(b.metrics[u]) == 0 {
+				continue // latency benchmarks report percentiles instead
+			}
+			parts = append(parts, format(median(b.metrics[u]))+" "+u)
+			runs = max(runs, len(b.metrics[u]))
+		}
+		fmt.Printf("| %s | %d | %s |\n", b.name, runs, strings.Join(parts, ", "))
+	}
+
+	var rows []string
+	for _, b := range benches {
+		if !strings.HasPrefix(b.name, "RingThroughput/") {
+			continue
+		}
+		m := sizeRE.FindStringSubmatch(b.name)
+		if m == nil {
+			continue
+		}
+		ring := median(b.metrics["records/s"])
+		per := byName["UnixSocket/write=record/size="+m[1]]
+		bat := byName["UnixSocket/write=64KiB/size="+m[1]]
+		if per == nil || bat == nil || ring == 0 {
+			continue
+		}
+		p, q := median(per.metrics["records/s"]), median(bat.metrics["records/s"])
+		rows = append(rows, fmt.Sprintf("| %s | %s | %s (%.1f×) | %s (%.2f×) |",
+			strings.TrimPrefix(b.name, "RingThroughput/"), format(ring), format(p), ring/p, format(q), ring/q))
+	}
+	if len(rows) > 0 {
+		fmt.Println()
+		fmt.Println("| ring (records/s, median) | ring | Unix socket, write per record (ring ÷ socket) | Unix socket, 64 KiB writes (ring ÷ socket) |")
+		fmt.Println("|---|---|---|---|")
+		for _, r := range rows {
+			fmt.Println(r)
+		}
+	}
+}

@@ -1,0 +1,56 @@
+// Command framebus is the framebus command line: today the demo and version;
+// the sidecar (`framebus run`) and its tools follow.
+package main
+
+import (
+	"fmt"
+	"io"
+	"os"
+	"runtime/debug"
+)
+
+const usage = `framebus — shared-memory message bus for multiprocess IoT gateways
+
+Usage:
+  framebus demo [flags]    producer processes stream frames through one segment;
+                           the consumer prints the live rate (framebus demo -h)
+  framebus version         print the version
+  framebus help            print this help
+`
+
+func main() {
+	os.Exit(run(os.Args[1:], os.Stdout, os.Stderr))
+}
+
+func run(args []string, stdout, stderr io.Writer) int {
+	if len(args) == 0 {
+		fmt.Fprint(stderr, usage)
+		return 2
+	}
+	switch args[0] {
+	case "demo":
+		return demoMain(args[1:], stdout, stderr)
+	case demoProducerCmd:
+		return demoProducerMain(args[1:], stderr)
+	case "version", "--version":
+		fmt.Fprintln(stdout, "framebus", version())
+		return 0
+	case "help", "-h", "--help":
+		fmt.Fprint(stdout, usage)
+		return 0
+	}
+	fmt.Fprintf(stderr, "framebus: unknown command %q\n\n%s", args[0], usage)
+	return 2
+}
+
+func version() string {
+	if bi, ok := debug.ReadBuildInfo(); ok {
+		for _, s := range bi.Settings {
+			if s.Key == "vcs.revision" {
+				return bi.Main.Version + " " + s.Value
+			}
+		}
+		return bi.Main.Version
+	}
+	return "(unknown)"
+}
