@@ -3,6 +3,8 @@ package shm
 import (
 	"encoding/binary"
 	"errors"
+	"flag"
+	"fmt"
 	"os"
 	"path/filepath"
 	"testing"
@@ -89,9 +91,6 @@ func exerciseRing(t *testing.T, r *Ring) {
 // chosen length, then runs everything Open and a consumer would.
 func FuzzSegmentHeader(f *testing.F) {
 	img := imageSegment(f)
-	f.Add(uint16(0), uint32(len(img)), []byte("FRAMEBUS"))
-	f.Add(uint16(offEpoch), uint32(len(img)), []byte{1, 2, 3, 4})
-	f.Add(uint16(HeaderSize), uint32(len(img)), []byte{2, 0, 0, 0, 9, 0, 0, 0})
 	f.Fuzz(func(t *testing.T, at uint16, length uint32, patch []byte) {
 		b := make([]byte, len(img))
 		copy(b, img)
@@ -111,9 +110,6 @@ func FuzzSegmentHeader(f *testing.F) {
 // FuzzRingConsumer fills a ring's data area and positions with arbitrary
 // bytes and consumes it.
 func FuzzRingConsumer(f *testing.F) {
-	f.Add(uint64(0), uint64(0), []byte{})
-	f.Add(uint64(8), uint64(4000), []byte{16, 0, 0, 0, 7, 0, 1, 0, 1, 2, 3, 4, 5, 6, 7, 8})
-	f.Add(uint64(0), uint64(64), []byte{0xf8, 0xff, 0xff, 0xff, 7, 0, 1, 0})
 	f.Fuzz(func(t *testing.T, head, tail uint64, data []byte) {
 		s := fuzzSegment(t)
 		r, err := s.Ring(0)
@@ -156,4 +152,111 @@ func fuzzSegment(t *testing.T) *Segment {
 		t.Fatal(err)
 	}
 	return s
+}
+
+var updateFuzzSeeds = flag.Bool("update-fuzz-seeds", false, "rewrite testdata/fuzz/*/seed-*")
+
+// hdr builds one record header as bytes.
+func hdr(length int32, typ, flags uint16) []byte {
+	return binary.LittleEndian.AppendUint64(nil, header(length, typ, flags))
+}
+
+// ringSeeds are the seed inputs of FuzzRingConsumer: head, tail and the
+// bytes repeated over the data area.
+func ringSeeds() map[string]string {
+	rec := func(n int, typ uint16) []byte {
+		b := hdr(int32(RecordHeaderSize+n), typ, 1)
+		b = append(b, make([]byte, int(align8(uint64(RecordHeaderSize+n)))-RecordHeaderSize)...)
+		return b
+	}
+	cat := func(parts ...[]byte) []byte {
+		var out []byte
+		for _, p := range parts {
+			out = append(out, p...)
+		}
+		return out
+	}
+	seed := func(head, tail uint64, data []byte) string {
+		return fmt.Sprintf("go test fuzz v1\nuint64(%d)\nuint64(%d)\n[]byte(%q)\n", head, tail, data)
+	}
+	return map[string]string{
+		"empty":             seed(0, 0, nil),
+		"records":           seed(0, 4096, cat(rec(16, 7), rec(3, 7), rec(0, 2), rec(100, 7))),
+		"padding":           seed(0, 4096, cat(rec(24, TypePadding), rec(8, 7))),
+		"claimed":           seed(0, 4096, cat(hdr(-32, 7, 2), make([]byte, 24), rec(8, 7))),
+		"unmarked-claim":    seed(0, 4096, cat(make([]byte, 32), rec(8, 7))),
+		"too-short":         seed(0, 4096, hdr(4, 7, 1)),
+		"past-end":          seed(4088, 8184, cat(rec(8, 7), hdr(64, 7, 1))),
+		"huge":              seed(0, 4096, hdr(0x7fffffff, 7, 1)),
+		"odd-padding":       seed(0, 4096, hdr(13, TypePadding, 1)),
+		"tail-behind-head":  seed(4096, 8, rec(8, 7)),
+		"tail-far-ahead":    seed(0, 1<<40, rec(8, 7)),
+		"misaligned-head":   seed(3, 4096, rec(8, 7)),
+		"wrapped-positions": seed(1<<63, 1<<63+4096, cat(rec(200, 7), rec(1, 7))),
+	}
+}
+
+// headerSeeds are the seed inputs of FuzzSegmentHeader: where to patch the
+// image, how long the file is, and the patch.
+func headerSeeds(img []byte) map[string]string {
+	seed := func(at uint16, length uint32, patch []byte) string {
+		return fmt.Sprintf("go test fuzz v1\nuint16(%d)\nuint32(%d)\n[]byte(%q)\n", at, length, patch)
+	}
+	le := binary.LittleEndian
+	n := uint32(len(img))
+	ring := le.Uint64(img[HeaderSize+dsOffset:])
+	return map[string]string{
+		"valid":           seed(0, n, nil),
+		"bad-magic":       seed(0, n, []byte("FRAMEBUZ")),
+		"bad-version":     seed(offVersion, n, le.AppendUint32(nil, 99)),
+		"not-ready":       seed(offReady, n, []byte{0, 0, 0, 0}),
+		"truncated":       seed(0, n/2, nil),
+		"tiny":            seed(0, 100, nil),
+		"size-mismatch":   seed(offSegmentSize, n, le.AppendUint64(nil, uint64(n)*2)),
+		"many-slots":      seed(offDirSlots, n, le.AppendUint32(nil, 4096)),
+		"data-offset":     seed(offDataOffset, n, le.AppendUint64(nil, 1<<40)),
+		"slot-offset":     seed(HeaderSize+dsOffset, n, le.AppendUint64(nil, uint64(n)-4096)),
+		"slot-capacity":   seed(HeaderSize+dsCapacity, n, le.AppendUint64(nil, 6000)),
+		"slot-kind":       seed(HeaderSize+dsKind, n, le.AppendUint32(nil, 77)),
+		"slot-notify":     seed(HeaderSize+dsNotify, n, le.AppendUint32(nil, 5)),
+		"ring-records":    seed(uint16(ring+RingControlSize), n, append(hdr(24, 7, 1), make([]byte, 16)...)),
+		"ring-bad-record": seed(uint16(ring+RingControlSize), n, hdr(9000, 7, 1)),
+		"ring-positions":  seed(uint16(ring+rcTail), n, le.AppendUint64(nil, 1<<62)),
+	}
+}
+
+// TestFuzzSeeds checks that the committed seed corpora are what ringSeeds
+// and headerSeeds produce (rewrite them with -update-fuzz-seeds) and runs
+// every seed through its target's checks.
+func TestFuzzSeeds(t *testing.T) {
+	img := imageSegment(t)
+	for target, seeds := range map[string]map[string]string{
+		"FuzzRingConsumer":  ringSeeds(),
+		"FuzzSegmentHeader": headerSeeds(img),
+	} {
+		dir := filepath.Join("testdata", "fuzz", target)
+		if *updateFuzzSeeds {
+			old, _ := filepath.Glob(filepath.Join(dir, "seed-*"))
+			for _, p := range old {
+				os.Remove(p)
+			}
+			if err := os.MkdirAll(dir, 0o755); err != nil {
+				t.Fatal(err)
+			}
+			for name, body := range seeds {
+				if err := os.WriteFile(filepath.Join(dir, "seed-"+name), []byte(body), 0o644); err != nil {
+					t.Fatal(err)
+				}
+			}
+		}
+		for name, body := range seeds {
+			got, err := os.ReadFile(filepath.Join(dir, "seed-"+name))
+			if err != nil {
+				t.Fatalf("%s seed %s: %v (run go test ./shm -run TestFuzzSeeds -update-fuzz-seeds)", target, name, err)
+			}
+			if string(got) != body {
+				t.Fatalf("%s seed %s is stale (run go test ./shm -run TestFuzzSeeds -update-fuzz-seeds)", target, name)
+			}
+		}
+	}
 }

@@ -68,13 +68,3 @@ func fill(b []byte, seq uint64) {
 		b[i] = byte(seq*31 + uint64(i)*7 + 1)
 	}
 }
-
-// checkFill reports whether b holds the pattern fill(b, seq) wrote.
-func checkFill(b []byte, seq uint64) bool {
-	for i := range b {
-		if b[i] != byte(seq*31+uint64(i)*7+1) {
-			return false
-		}
-	}
-	return true
-}

@@ -9,6 +9,7 @@ import (
 	"math/rand/v2"
 	"os"
 	"strconv"
+	"syscall"
 	"testing"
 	"time"
 )
@@ -342,5 +343,59 @@ func TestKillMidCommit(t *testing.T) {
 		if err := k.wait(); err != nil {
 			t.Fatal(err)
 		}
+	}
+}
+
+func init() { roles["idle"] = roleIdle }
+
+// roleIdle waits on an empty ring for WAIT_MS, then prints its own CPU time
+// in microseconds and whether it saw a record.
+func roleIdle() error {
+	s, r, err := openRingEnv()
+	if err != nil {
+		return err
+	}
+	defer s.Close()
+	c, err := r.Consumer()
+	if err != nil {
+		return err
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), time.Duration(envInt("WAIT_MS"))*time.Millisecond)
+	defer cancel()
+	got := c.Wait(ctx, DefaultSpin)
+	var ru syscall.Rusage
+	if err := syscall.Getrusage(syscall.RUSAGE_SELF, &ru); err != nil {
+		return err
+	}
+	cpu := ru.Utime.Nano()/1000 + ru.Stime.Nano()/1000
+	fmt.Println(cpu, got)
+	return nil
+}
+
+// TestIdleConsumerSleeps checks that a consumer waiting on an empty ring
+// sleeps in the kernel instead of spinning: over a second of waiting the
+// whole process (runtime start-up included) uses a small fraction of a CPU.
+func TestIdleConsumerSleeps(t *testing.T) {
+	s := newSegment(t, 1<<20)
+	r := newRing(t, s, KindIngressSPSC, 4096)
+	k := startChild(t, "idle", append(segEnv(s, r.Slot()), "WAIT_MS=1000")...)
+	line := k.line(t, 30*time.Second)
+	var cpuUs int64
+	var got bool
+	if _, err := fmt.Sscan(line, &cpuUs, &got); err != nil {
+		t.Fatalf("child printed %q: %v", line, err)
+	}
+	if got {
+		t.Fatal("the idle consumer saw a record in an empty ring")
+	}
+	// Spinning for the whole second would cost ~1,000,000 µs; sleeping
+	// costs start-up plus a few wake-ups. The race detector slows
+	// start-up, hence the generous bound.
+	if cpuUs > 150000 {
+		t.Fatalf("idle consumer used %d µs of CPU in 1 s of waiting: it does not sleep", cpuUs)
+	}
+	t.Logf("idle consumer: %d µs of CPU in 1 s", cpuUs)
+	if err := k.wait(); err != nil {
+		t.Fatal(err)
 	}
 }
