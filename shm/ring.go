@@ -497,14 +497,24 @@ func (c *Consumer) Poll(max int, fn func(Record)) (int, error) {
 
 func (c *Consumer) pollMulti(max int, fn func(Record)) (int, error) {
 	for {
-		start := c.rd.Load()
+		// A consistent snapshot: the read position as it was while the
+		// head stood still (other members move both all the time).
 		h := c.head.Load()
+		start := c.rd.Load()
+		if c.head.Load() != h {
+			continue
+		}
 		if start < h || start-h > c.r.cap || start%recordAlign != 0 {
 			return 0, c.r.corrupt(start, "read position %d is not within capacity ahead of head %d", start, h)
 		}
 		// Scan without delivering first: the records are ours only once
 		// the claim succeeds.
 		end, _, err := c.scan(start, max, nil)
+		if c.rd.Load() != start {
+			// Another member claimed from start meanwhile; what we
+			// scanned may already be released and rewritten.
+			continue
+		}
 		if end == start {
 			return 0, err
 		}
