@@ -12,7 +12,7 @@ BIN       := bin
 FUZZ_TARGETS := schema:FuzzVerify shm:FuzzSegmentHeader shm:FuzzRingConsumer
 
 .DEFAULT_GOAL := help
-.PHONY: help build test fmt-check vet generate generate-check test-race test-allocs bench fuzz fuzz-list lint demo clean
+.PHONY: help build test fmt-check deps-check vet generate generate-check test-race test-allocs bench fuzz fuzz-list lint demo clean
 
 help: ## Show this help.
 	@echo "framebus — shared-memory message bus for multiprocess IoT gateways"
@@ -26,11 +26,16 @@ build: ## Build every package and bin/framebus.
 	$(GO) build ./...
 	$(GO) build -o $(BIN)/framebus ./cmd/framebus
 
-test: fmt-check vet fuzz-list generate-check test-allocs test-race ## What CI runs: gofmt, vet, fuzz-target list, generated-code check, race tests, allocation tests.
+test: fmt-check vet fuzz-list deps-check generate-check test-allocs test-race ## What CI runs: gofmt, vet, fuzz-target list, generated-code check, race tests, allocation tests.
 
 fmt-check: ## Fail if gofmt would change a file.
 	@out=$$(gofmt -l $$(git ls-files '*.go' 2>/dev/null || find . -name '*.go')); \
 	if [ -n "$$out" ]; then echo "gofmt would change:"; echo "$$out"; echo "run: gofmt -w ."; exit 1; fi
+
+deps-check: ## Fail if the driver-side packages (shm, schema, client) pull in bbolt or prometheus.
+	@pkgs=$$(ls -d shm schema client 2>/dev/null | sed 's|^|./|; s|$$|/...|'); \
+	heavy=$$($(GO) list -deps $$pkgs | grep -E 'bbolt|prometheus' || true); \
+	if [ -n "$$heavy" ]; then echo "driver-side packages depend on: $$heavy"; exit 1; fi
 
 vet: ## go vet ./...
 	$(GO) vet ./...
