@@ -1,0 +1,717 @@
+package wal
+
+import (
+	"context"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"maps"
+	"os"
+	"path/filepath"
+	"strconv"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	bolt "go.etcd.io/bbolt"
+	berrors "go.etcd.io/bbolt/errors"
+)
+
+// Bucket names and meta keys: part of the on-disk format.
+var (
+	bucketSegments  = []byte("segments")
+	bucketPositions = []byte("positions")
+	bucketMeta      = []byte("meta")
+
+	metaFormat  = []byte("format")  // uint32 big-endian: formatVersion
+	metaCreated = []byte("created") // int64 big-endian: Unix ns of creation
+)
+
+// formatVersion is the version of the file layout (buckets, keys, segment
+// format) recorded in the meta bucket.
+const formatVersion = 1
+
+// bbolt tuning; see doc.go.
+const (
+	pageSize = 16 << 10
+	// maxSourceLen bounds a position's source name (a bbolt key).
+	maxSourceLen = 1024
+	// Backoff of the writer after a failed commit.
+	backoffMin = 10 * time.Millisecond
+	backoffMax = time.Second
+)
+
+// Frame is one frame as stored in the WAL.
+type Frame struct {
+	Kind uint16 // schema.Kind of the frame (1 data, 2 command, 3 ack)
+	Data []byte // the frame bytes; Append copies them
+}
+
+// Commit describes one successful group commit, passed to Options.OnCommit.
+type Commit struct {
+	// FirstSeq and LastSeq are the sequence numbers the commit made
+	// durable; LastSeq is the new durable watermark. FirstSeq > LastSeq
+	// (FirstSeq = LastSeq + 1) means the commit held only positions.
+	FirstSeq, LastSeq uint64
+	// Positions are the source positions written by this commit (those set
+	// since the previous commit). The map is reused by the next commit:
+	// copy it if kept.
+	Positions map[string]uint64
+	// Frames and Bytes count what the commit made durable; Bytes counts
+	// each frame as stored (data plus 6 bytes).
+	Frames int
+	Bytes  int
+	// Duration is the time of the bbolt update including its fsyncs.
+	Duration time.Duration
+}
+
+// Stats are cheap counters of a WAL; see WAL.Stats.
+type Stats struct {
+	FirstSeq      uint64 // lowest stored sequence number; 0 if none is stored
+	LastSeq       uint64 // highest sequence number assigned
+	Durable       uint64 // highest sequence number committed
+	PendingFrames int    // frames appended, not yet committed
+	PendingBytes  int64  // their size as stored (data plus 6 bytes a frame)
+	StoredBytes   int64  // total size of the stored segment values
+	// FootprintBytes is what retention counts against MaxBytes: the
+	// space the stored segments take in the file's pages (see footprint).
+	FootprintBytes int64
+	Segments       int64  // stored segments
+	FileBytes      int64  // size of the bbolt file
+	Commits        uint64 // successful commits since Open
+	CommitErrors   uint64 // failed commits since Open
+	// RetainedSegments and RetainedFrames count what retention deleted
+	// since Open.
+	RetainedSegments uint64
+	RetainedFrames   uint64
+	LastCommit       time.Duration // Duration of the last successful commit
+	Failing          bool          // the last commit attempt failed (degrade mode)
+}
+
+// WAL is an open write-ahead log. Its methods are safe for concurrent use.
+type WAL struct {
+	opts     Options
+	db       *bolt.DB
+	path     string
+	segLimit int // capacity of a standard segment buffer (value bytes)
+	// batchBytes caps the new frame bytes of one commit and triggers a
+	// commit: MaxBatchBytes, at most MaxBytes/64.
+	batchBytes int
+	maxFree    int // segment buffers kept for reuse
+
+	kick  chan struct{} // wakes the writer; capacity 1
+	stopc chan struct{} // closed by close to stop the writer
+	done  chan struct{} // closed by the writer when it exits
+
+	// commitOnStop is set by close before it closes stopc and read by the
+	// writer after stopc is closed.
+	commitOnStop bool
+	// stopErr is set by the writer before it closes done.
+	stopErr error
+
+	lastSeq  atomic.Uint64 // highest sequence assigned; written under mu
+	durable  atomic.Uint64 // highest sequence committed; written by the writer
+	firstSeq atomic.Uint64 // lowest stored sequence; written by the writer
+
+	closeOnce sync.Once
+
+	// wr is owned by the writer goroutine (and by Open before it starts).
+	wr struct {
+		b       batch
+		use     usage  // what the stored segments take
+		first   uint64 // first stored key, 0 if none
+		backoff time.Duration
+		retryAt time.Time
+	}
+
+	mu struct {
+		sync.Mutex
+		closed bool
+		open   *segment   // segment Append writes into; nil if none
+		full   []*segment // sealed segments not yet fully committed, in order
+		free   []*segment // reusable segments with standard buffers
+
+		gen          uint64             // bumped by every Append, SetPosition, DeletePosition
+		committedGen uint64             // gen of the last successful commit's snapshot
+		appended     int64              // bytes appended since Open
+		committed    int64              // bytes committed since Open
+		oldest       time.Time          // first change since the last complete snapshot; zero if none
+		flushReq     bool               // Flush waits: commit now
+		posOps       map[string][]posOp // per source, changes not yet committed, in order
+		positions    map[string]uint64  // positions as of the last commit
+		commitCh     chan struct{}      // closed (and replaced) after every commit
+		lastErr      error              // error of the last commit attempt, nil after a success
+
+		use                     usage
+		commits, commitErrors   uint64
+		retainedSegs, retainedN uint64
+		lastDur                 time.Duration
+	}
+}
+
+// usage is what the stored segments take.
+type usage struct {
+	stored    int64 // value bytes
+	footprint int64 // see footprint
+	segments  int64
+}
+
+// footprint is the file space that retention counts for a segment value
+// of n bytes. SegmentBytes is a power of two and a segment of at most
+// segLimit bytes takes at most SegmentBytes with its bbolt overhead, so
+// pageSize/SegmentBytes of them always fit in a page (or, above 8 KiB, two
+// of them in a node of 2×SegmentBytes/pageSize pages: bbolt puts at least
+// two keys in a node). Such a segment therefore counts as SegmentBytes
+// whatever its length, and the leaf pages never take more than the
+// footprint, even when segments are sealed short. A larger segment counts as its value and overhead
+// rounded up to whole pages, plus a standard segment for the page it may
+// share with a neighbour.
+func (w *WAL) footprint(n int) int64 {
+	if n <= w.segLimit {
+		return int64(w.opts.SegmentBytes)
+	}
+	return int64((n+bboltValueOverhead+pageSize-1)/pageSize*pageSize + w.opts.SegmentBytes)
+}
+
+// posOp is a pending position change. It may be committed once the
+// frames up to seq (LastSeq when it was made) are.
+type posOp struct {
+	pos uint64
+	del bool
+	seq uint64
+	gen uint64
+	seg *segment // the open segment when it was made
+}
+
+// segment is a segment being filled by Append or waiting to be committed.
+type segment struct {
+	key   [8]byte // big-endian first
+	first uint64  // sequence number of the first frame
+
+	// Under WAL.mu: Append appends frames at len(buf) and never writes the
+	// header or any byte below len(buf), so the writer may read and write
+	// buf[:n] without the lock for an n it saw under the lock.
+	buf   []byte
+	count uint32
+	// cutLen and cutCount mark the end of the last Append call that ended
+	// in this segment (0 if none): where a commit may end in it.
+	cutLen   int
+	cutCount uint32
+
+	// Owned by the writer.
+	doneLen int    // len(buf) as last stored; 0 if never stored
+	bodyCRC uint32 // CRC32C of buf[segHeaderSize:crcLen]
+	crcLen  int
+}
+
+// Open opens the WAL in opts.Dir, creating the directory and the file if
+// needed. It checks the file's format version and the last segment, counts
+// what is stored, loads the positions and starts the writer goroutine,
+// which Close stops.
+func Open(opts Options) (*WAL, error) {
+	if err := opts.Validate(); err != nil {
+		return nil, err
+	}
+	opts.EnsureDefaults()
+	if err := os.MkdirAll(opts.Dir, 0o750); err != nil {
+		return nil, fmt.Errorf("wal: create directory: %w", err)
+	}
+	path := filepath.Join(opts.Dir, FileName)
+	db, err := bolt.Open(path, 0o640, &bolt.Options{
+		Timeout:         opts.LockTimeout,
+		NoFreelistSync:  true,
+		FreelistType:    bolt.FreelistMapType,
+		PageSize:        pageSize,
+		InitialMmapSize: initialMmapSize(opts.MaxBytes),
+		NoSync:          opts.NoSync,
+	})
+	if err != nil {
+		if errors.Is(err, berrors.ErrTimeout) {
+			return nil, fmt.Errorf("%w: %s (waited %v)", ErrLocked, path, opts.LockTimeout)
+		}
+		return nil, fmt.Errorf("wal: open %s: %w", path, err)
+	}
+	db.AllocSize = allocSize(opts.MaxBytes)
+
+	w := &WAL{
+		opts:     opts,
+		db:       db,
+		path:     path,
+		segLimit: opts.SegmentBytes - bboltValueOverhead,
+		kick:     make(chan struct{}, 1),
+		stopc:    make(chan struct{}),
+		done:     make(chan struct{}),
+	}
+	w.batchBytes = int(min(int64(opts.MaxBatchBytes), opts.MaxBytes/64))
+	// Keep buffers for a commit in flight and the next one filling.
+	w.maxFree = max(2*w.batchBytes/w.segLimit, 16)
+	w.mu.posOps = make(map[string][]posOp)
+	w.mu.positions = make(map[string]uint64)
+	w.mu.commitCh = make(chan struct{})
+	w.wr.b.pos = make(map[string]posOp)
+	w.wr.b.commit.Positions = make(map[string]uint64)
+
+	if err := w.load(); err != nil {
+		db.Close()
+		return nil, fmt.Errorf("wal: open %s: %w", path, err)
+	}
+	go w.run()
+	return w, nil
+}
+
+// initialMmapSize maps the whole retained size (plus slack) up front, at
+// least 1 GiB, so that the writer rarely has to remap (which waits for
+// every read transaction). It is address space, not memory.
+func initialMmapSize(maxBytes int64) int {
+	if strconv.IntSize == 32 {
+		return 256 << 20
+	}
+	const gib = 1 << 30
+	sz := maxBytes + maxBytes/4 + 64<<20
+	sz = (sz + gib - 1) / gib * gib
+	return int(min(max(sz, gib), 64*gib))
+}
+
+// allocSize is the step by which bbolt grows the file: 1/64 of MaxBytes,
+// 64 KiB to 16 MiB (bbolt's default), so that growth stays a small part of
+// the retention bound.
+func allocSize(maxBytes int64) int {
+	return int(min(max(maxBytes/64, 64<<10), 16<<20))
+}
+
+// load prepares the buckets and reads the state of the file.
+func (w *WAL) load() error {
+	var fresh bool
+	err := w.db.View(func(tx *bolt.Tx) error {
+		fresh = tx.Bucket(bucketMeta) == nil || tx.Bucket(bucketSegments) == nil || tx.Bucket(bucketPositions) == nil
+		return nil
+	})
+	if err != nil {
+		return err
+	}
+	if fresh {
+		err := w.db.Update(func(tx *bolt.Tx) error {
+			meta, err := tx.CreateBucketIfNotExists(bucketMeta)
+			if err != nil {
+				return err
+			}
+			if meta.Get(metaFormat) == nil {
+				if err := meta.Put(metaFormat, binary.BigEndian.AppendUint32(nil, formatVersion)); err != nil {
+					return err
+				}
+				if err := meta.Put(metaCreated, binary.BigEndian.AppendUint64(nil, uint64(time.Now().UnixNano()))); err != nil {
+					return err
+				}
+			}
+			if _, err := tx.CreateBucketIfNotExists(bucketSegments); err != nil {
+				return err
+			}
+			_, err = tx.CreateBucketIfNotExists(bucketPositions)
+			return err
+		})
+		if err != nil {
+			return err
+		}
+	}
+	return w.db.View(func(tx *bolt.Tx) error {
+		if err := checkFormat(tx.Bucket(bucketMeta)); err != nil {
+			return err
+		}
+		// Count what is stored from the keys and value lengths alone: a
+		// cursor walk over the leaf pages, no value is decoded.
+		c := tx.Bucket(bucketSegments).Cursor()
+		var u usage
+		for k, v := c.First(); k != nil; k, v = c.Next() {
+			u.segments++
+			u.stored += int64(len(v))
+			u.footprint += w.footprint(len(v))
+		}
+		w.wr.use, w.mu.use = u, u
+		if u.segments > 0 {
+			fk, _ := c.First()
+			first, ok := keySeq(fk)
+			lk, lv := c.Last()
+			last, ok2 := keySeq(lk)
+			if !ok || !ok2 {
+				return fmt.Errorf("%w: segment key of %d bytes, want 8", ErrCorrupt, len(lk))
+			}
+			count, _, err := checkSegment(last, lv)
+			if err != nil {
+				return fmt.Errorf("last segment: %w", err)
+			}
+			w.wr.first = first
+			w.firstSeq.Store(first)
+			w.lastSeq.Store(last + uint64(count) - 1)
+			w.durable.Store(last + uint64(count) - 1)
+		}
+		return tx.Bucket(bucketPositions).ForEach(func(k, v []byte) error {
+			if len(v) != 8 {
+				return fmt.Errorf("%w: position of %q has %d bytes, want 8", ErrCorrupt, k, len(v))
+			}
+			w.mu.positions[string(k)] = binary.BigEndian.Uint64(v)
+			return nil
+		})
+	})
+}
+
+// checkFormat checks the meta bucket's format version.
+func checkFormat(meta *bolt.Bucket) error {
+	if meta == nil {
+		return fmt.Errorf("%w: no meta bucket", ErrCorrupt)
+	}
+	v := meta.Get(metaFormat)
+	if len(v) != 4 {
+		return fmt.Errorf("%w: format version of %d bytes, want 4", ErrCorrupt, len(v))
+	}
+	if f := binary.BigEndian.Uint32(v); f != formatVersion {
+		return fmt.Errorf("%w: file format %d, this build reads %d", ErrVersion, f, formatVersion)
+	}
+	return nil
+}
+
+// Append queues frames for the next group commit, assigning them
+// consecutive sequence numbers starting at LastSeq()+1 (1 in an empty
+// WAL), and returns the last one. It copies every frame's data into the
+// queue. The frames of one call are committed in one transaction: a commit
+// never splits a call. If queuing them would take the queue past
+// MaxMemoryBytes it queues none and returns ErrQueueFull; a frame that can
+// never fit fails with ErrFrameTooLarge; after Close it returns ErrClosed.
+//
+// Frames drained from a ring should be appended with AppendFrom, which
+// commits them together with the ring's position.
+func (w *WAL) Append(fs ...Frame) (lastSeq uint64, err error) {
+	return w.append(fs, "", 0, false)
+}
+
+// AppendFrom appends frames like Append and, atomically with them, records
+// that source has been drained up to pos (see SetPosition): the frames and
+// the position are committed in the same transaction, so that after a
+// crash the committed position and the committed frames correspond
+// exactly, and a sidecar that resumes draining at the position neither
+// loses nor duplicates a frame. With no frames it is SetPosition. On any
+// error nothing is queued and the position is not recorded.
+func (w *WAL) AppendFrom(source string, pos uint64, fs ...Frame) (lastSeq uint64, err error) {
+	checkSource(source)
+	return w.append(fs, source, pos, true)
+}
+
+func (w *WAL) append(fs []Frame, source string, pos uint64, withPos bool) (uint64, error) {
+	var need int64
+	for i := range fs {
+		n := len(fs[i].Data)
+		if n > maxFrameBytes || int64(n+entryHeaderSize) > w.opts.MaxMemoryBytes {
+			return 0, fmt.Errorf("%w: %d bytes (MaxMemoryBytes %d)", ErrFrameTooLarge, n, w.opts.MaxMemoryBytes)
+		}
+		need += int64(n + entryHeaderSize)
+	}
+	w.mu.Lock()
+	if w.mu.closed {
+		w.mu.Unlock()
+		return 0, ErrClosed
+	}
+	seq := w.lastSeq.Load()
+	pending := w.mu.appended - w.mu.committed
+	if pending+need > w.opts.MaxMemoryBytes {
+		w.mu.Unlock()
+		return 0, fmt.Errorf("%w: %d bytes pending, %d more would pass MaxMemoryBytes %d", ErrQueueFull, pending, need, w.opts.MaxMemoryBytes)
+	}
+	if len(fs) == 0 && !withPos {
+		w.mu.Unlock()
+		return seq, nil
+	}
+	if len(fs) > 0 {
+		for i := range fs {
+			seq++
+			w.appendLocked(seq, &fs[i])
+		}
+		// The end of a call is where a commit may end.
+		o := w.mu.open
+		o.cutLen, o.cutCount = len(o.buf), o.count
+		w.lastSeq.Store(seq)
+		w.mu.appended += need
+		w.mu.gen++
+	}
+	if withPos {
+		w.setPosLocked(source, posOp{pos: pos})
+	}
+	kick := false
+	if w.mu.oldest.IsZero() {
+		w.mu.oldest = time.Now()
+		kick = true
+	}
+	if batch := int64(w.batchBytes); pending < batch && pending+need >= batch {
+		kick = true
+	}
+	w.mu.Unlock()
+	if kick {
+		w.signal()
+	}
+	return seq, nil
+}
+
+// appendLocked copies f into the open segment as frame seq.
+func (w *WAL) appendLocked(seq uint64, f *Frame) {
+	n := entryHeaderSize + len(f.Data)
+	s := w.mu.open
+	if s != nil && len(s.buf)+n > cap(s.buf) {
+		w.mu.full = append(w.mu.full, s)
+		s = nil
+	}
+	if s == nil {
+		s = w.newSegmentLocked(seq, n)
+		w.mu.open = s
+	}
+	off := len(s.buf)
+	b := s.buf[:off+n]
+	le.PutUint32(b[off:], uint32(len(f.Data)))
+	le.PutUint16(b[off+4:], f.Kind)
+	copy(b[off+entryHeaderSize:], f.Data)
+	s.buf = b
+	s.count++
+}
+
+// newSegmentLocked returns an empty segment starting at seq with room for
+// at least one entry of n bytes.
+func (w *WAL) newSegmentLocked(seq uint64, n int) *segment {
+	var s *segment
+	if segHeaderSize+n > w.segLimit {
+		// A frame larger than a segment gets a segment of its own.
+		s = &segment{buf: make([]byte, segHeaderSize, segHeaderSize+n)}
+	} else if k := len(w.mu.free); k > 0 {
+		s = w.mu.free[k-1]
+		w.mu.free[k-1] = nil
+		w.mu.free = w.mu.free[:k-1]
+	} else {
+		s = &segment{buf: make([]byte, segHeaderSize, w.segLimit)}
+	}
+	s.first = seq
+	putKey(s.key[:], seq)
+	return s
+}
+
+// releaseLocked returns a fully committed segment's buffer for reuse.
+func (w *WAL) releaseLocked(s *segment) {
+	if cap(s.buf) != w.segLimit || len(w.mu.free) >= w.maxFree {
+		return
+	}
+	*s = segment{buf: s.buf[:segHeaderSize]}
+	w.mu.free = append(w.mu.free, s)
+}
+
+// SetPosition records that source (an ingress ring, e.g. "slot3/gen7") has
+// been drained up to pos. The position is committed with every frame
+// appended before the call: in the same transaction as those not yet
+// committed, never before any of them. A commit may however happen between
+// an Append and the SetPosition that follows it, committing frames whose
+// position is not yet recorded; a ring drain must therefore use AppendFrom,
+// and SetPosition alone is for positions that move without frames (every
+// record of a batch was rejected). source must be 1 to 1024 bytes long (it
+// panics otherwise: the names are the sidecar's own). After Close it does
+// nothing.
+func (w *WAL) SetPosition(source string, pos uint64) {
+	w.setPos(source, posOp{pos: pos})
+}
+
+// DeletePosition forgets source (its ring was freed); the deletion is
+// committed with the next transaction.
+func (w *WAL) DeletePosition(source string) {
+	w.setPos(source, posOp{del: true})
+}
+
+// checkSource panics if source cannot be a position's key.
+func checkSource(source string) {
+	if len(source) == 0 || len(source) > maxSourceLen {
+		panic(fmt.Sprintf("wal: position source must be 1 to %d bytes, got %d", maxSourceLen, len(source)))
+	}
+}
+
+func (w *WAL) setPos(source string, op posOp) {
+	checkSource(source)
+	w.mu.Lock()
+	if w.mu.closed {
+		w.mu.Unlock()
+		return
+	}
+	w.setPosLocked(source, op)
+	kick := false
+	if w.mu.oldest.IsZero() {
+		w.mu.oldest = time.Now()
+		kick = true
+	}
+	w.mu.Unlock()
+	if kick {
+		w.signal()
+	}
+}
+
+// setPosLocked queues a position change, to be committed with the frames
+// up to LastSeq. A commit that ends in the middle of the queue must write
+// the last change it covers, so changes are kept in order; but a commit
+// ends at the last call end of a segment (see snapshot), so of the changes
+// made while the same segment was open only the last can matter.
+func (w *WAL) setPosLocked(source string, op posOp) {
+	w.mu.gen++
+	op.gen = w.mu.gen
+	op.seq = w.lastSeq.Load()
+	op.seg = w.mu.open
+	ops := w.mu.posOps[source]
+	if n := len(ops); n > 0 && ops[n-1].seg == op.seg {
+		ops[n-1] = op
+	} else {
+		w.mu.posOps[source] = append(ops, op)
+	}
+}
+
+// Positions returns a copy of the positions as of the last commit.
+func (w *WAL) Positions() map[string]uint64 {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	return maps.Clone(w.mu.positions)
+}
+
+// Flush commits everything appended (and every position set) so far
+// without waiting for FlushInterval, in one commit or, beyond
+// MaxBatchBytes, several, and waits until it is durable or ctx is done. While commits fail it keeps waiting for the writer's retries;
+// on ctx's end it returns ctx's error joined with the last commit error.
+func (w *WAL) Flush(ctx context.Context) error {
+	w.mu.Lock()
+	if w.mu.closed {
+		w.mu.Unlock()
+		return ErrClosed
+	}
+	if !w.dirtyLocked() {
+		w.mu.Unlock()
+		return nil
+	}
+	// Done once a commit whose snapshot was taken after this call has
+	// covered every frame appended before it: that commit also held every
+	// position change made before it (see snapshot).
+	targetSeq, targetGen := w.lastSeq.Load(), w.mu.gen
+	w.mu.flushReq = true
+	w.mu.Unlock()
+	w.signal()
+	flushed := func() bool { return w.durable.Load() >= targetSeq && w.mu.committedGen >= targetGen }
+	for {
+		w.mu.Lock()
+		ok := flushed()
+		ch, lastErr := w.mu.commitCh, w.mu.lastErr
+		w.mu.Unlock()
+		if ok {
+			return nil
+		}
+		select {
+		case <-ch:
+		case <-w.done:
+			w.mu.Lock()
+			ok := flushed()
+			w.mu.Unlock()
+			if ok {
+				return nil
+			}
+			return ErrClosed
+		case <-ctx.Done():
+			return errors.Join(ctx.Err(), lastErr)
+		}
+	}
+}
+
+// LastSeq returns the highest sequence number assigned by Append (maybe
+// not yet durable).
+func (w *WAL) LastSeq() uint64 { return w.lastSeq.Load() }
+
+// Durable returns the highest sequence number committed: the durable
+// watermark.
+func (w *WAL) Durable() uint64 { return w.durable.Load() }
+
+// FirstSeq returns the lowest sequence number still stored (retention
+// moves it forward), or 0 if nothing is stored.
+func (w *WAL) FirstSeq() uint64 { return w.firstSeq.Load() }
+
+// Pending returns the frames appended but not yet committed, and their
+// size as stored (data plus 6 bytes a frame), the quantity that
+// MaxMemoryBytes bounds.
+func (w *WAL) Pending() (frames int, bytes int64) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	return int(w.lastSeq.Load() - w.durable.Load()), w.mu.appended - w.mu.committed
+}
+
+// Stats returns the WAL's counters. It takes the WAL's lock briefly and
+// stats the file.
+func (w *WAL) Stats() Stats {
+	w.mu.Lock()
+	s := Stats{
+		FirstSeq:         w.firstSeq.Load(),
+		LastSeq:          w.lastSeq.Load(),
+		Durable:          w.durable.Load(),
+		PendingBytes:     w.mu.appended - w.mu.committed,
+		StoredBytes:      w.mu.use.stored,
+		FootprintBytes:   w.mu.use.footprint,
+		Segments:         w.mu.use.segments,
+		Commits:          w.mu.commits,
+		CommitErrors:     w.mu.commitErrors,
+		RetainedSegments: w.mu.retainedSegs,
+		RetainedFrames:   w.mu.retainedN,
+		LastCommit:       w.mu.lastDur,
+		Failing:          w.mu.lastErr != nil,
+	}
+	w.mu.Unlock()
+	s.PendingFrames = int(s.LastSeq - s.Durable)
+	if fi, err := os.Stat(w.path); err == nil {
+		s.FileBytes = fi.Size()
+	}
+	return s
+}
+
+// Path returns the path of the WAL file.
+func (w *WAL) Path() string { return w.path }
+
+// Close stops accepting frames, commits what is queued (without retrying:
+// a failed commit's error is returned and what it held is lost, as in a
+// crash), stops the writer and closes the file. It waits
+// for running Iterate calls to finish their current read transaction.
+// Calls after the first return nil.
+func (w *WAL) Close() error { return w.close(true) }
+
+// close stops the WAL; with commit false it abandons the queue, as a crash
+// would (tests use it through crash).
+func (w *WAL) close(commit bool) error {
+	err, first := error(nil), false
+	w.closeOnce.Do(func() {
+		first = true
+		w.mu.Lock()
+		w.mu.closed = true
+		w.mu.Unlock()
+		w.commitOnStop = commit
+		close(w.stopc)
+		<-w.done
+		err = w.stopErr
+		if cerr := w.db.Close(); cerr != nil && err == nil {
+			err = fmt.Errorf("wal: close: %w", cerr)
+		}
+	})
+	if !first {
+		return nil
+	}
+	return err
+}
+
+// signal wakes the writer without blocking.
+func (w *WAL) signal() {
+	select {
+	case w.kick <- struct{}{}:
+	default:
+	}
+}
+
+// dirtyLocked reports whether anything waits to be committed.
+func (w *WAL) dirtyLocked() bool {
+	return w.lastSeq.Load() != w.durable.Load() || len(w.mu.posOps) > 0
+}
+
+// isClosed reports whether Close was called.
+func (w *WAL) isClosed() bool {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	return w.mu.closed
+}

@@ -1,0 +1,356 @@
+package wal
+
+import (
+	"encoding/binary"
+	"fmt"
+	"hash/crc32"
+	"time"
+
+	bolt "go.etcd.io/bbolt"
+)
+
+// batch is the writer's snapshot of what one commit writes, and the
+// tentative results of the transaction, applied only if it succeeds.
+// It is reused from commit to commit.
+type batch struct {
+	refs     []segRef
+	scan     []*segment
+	firstSeq uint64
+	lastSeq  uint64
+	gen      uint64
+	bytes    int  // bytes of frames this commit makes durable
+	complete bool // the snapshot took everything pending
+	oldest   time.Time
+	pos      map[string]posOp
+	commit   Commit
+
+	use           usage
+	first         uint64
+	retSegs, retN uint64
+}
+
+// segRef is a segment as seen at the snapshot: buf is its bytes then.
+type segRef struct {
+	s     *segment
+	buf   []byte
+	count uint32
+	crc   uint32 // tentative bodyCRC of buf
+	put   bool   // written by this commit
+}
+
+// run is the writer goroutine: it commits when the oldest change is
+// FlushInterval old, when MaxBatchBytes are pending or Flush asks, retries
+// failed commits with backoff, and exits when stopc is closed.
+func (w *WAL) run() {
+	defer close(w.done)
+	timer := time.NewTimer(time.Hour)
+	defer timer.Stop()
+	for {
+		select {
+		case <-w.stopc:
+			for w.commitOnStop && w.dirty() {
+				if w.stopErr = w.commit(); w.stopErr != nil {
+					break
+				}
+			}
+			return
+		default:
+		}
+		now := time.Now()
+		due, dirty := w.due(now)
+		if dirty && !now.Before(due) {
+			if err := w.commit(); err != nil {
+				w.wr.backoff = min(max(2*w.wr.backoff, backoffMin), backoffMax)
+				w.wr.retryAt = time.Now().Add(w.wr.backoff)
+			} else {
+				w.wr.backoff, w.wr.retryAt = 0, time.Time{}
+			}
+			continue
+		}
+		var tc <-chan time.Time
+		if dirty {
+			timer.Reset(due.Sub(now))
+			tc = timer.C
+		}
+		select {
+		case <-w.kick:
+		case <-tc:
+		case <-w.stopc:
+		}
+		timer.Stop()
+	}
+}
+
+// dirty reports whether anything changed since the last commit.
+func (w *WAL) dirty() bool {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	return w.dirtyLocked()
+}
+
+// due returns when the next commit is due, and whether there is anything
+// to commit.
+func (w *WAL) due(now time.Time) (time.Time, bool) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	if !w.dirtyLocked() {
+		return time.Time{}, false
+	}
+	switch {
+	case !w.wr.retryAt.IsZero():
+		return w.wr.retryAt, true
+	case w.mu.flushReq, w.mu.appended-w.mu.committed >= int64(w.batchBytes), w.mu.oldest.IsZero():
+		return now, true
+	}
+	return w.mu.oldest.Add(w.opts.FlushInterval), true
+}
+
+// commit runs one group commit of what is queued (see snapshot): the
+// snapshot, the bbolt update, then the bookkeeping and callbacks.
+func (w *WAL) commit() error {
+	b := &w.wr.b
+	w.snapshot(b)
+	now := time.Now()
+	var err error
+	if h := w.opts.Hooks; h != nil && h.BeforeCommit != nil {
+		err = h.BeforeCommit()
+	}
+	var dur time.Duration
+	if err == nil {
+		err = w.db.Update(func(tx *bolt.Tx) error { return w.write(tx, b, now) })
+		dur = time.Since(now)
+	}
+	if err != nil {
+		err = fmt.Errorf("%w: %w", ErrCommit, err)
+		w.failed(b, err)
+		return err
+	}
+	w.succeeded(b, dur)
+	return nil
+}
+
+// snapshot takes what the commit writes, under the lock: the frames not
+// yet committed, in order, up to the end of an Append call (never part of
+// one), and at most MaxBatchBytes of them unless one call alone is larger;
+// and every position change whose frames are all among those committed by
+// then.
+func (w *WAL) snapshot(b *batch) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	clear(b.refs)
+	b.refs = b.refs[:0]
+	clear(b.scan)
+	b.scan = append(b.scan[:0], w.mu.full...)
+	if w.mu.open != nil {
+		b.scan = append(b.scan, w.mu.open)
+	}
+	// Choose where the commit ends: the last call end within the limit,
+	// or the first call end if even that is beyond it. doneLen is the
+	// writer's own; buf, count and the cut fields are read under mu.
+	limit := w.batchBytes
+	cutAt, cutLen, cutBytes := -1, 0, 0
+	var cutCount uint32
+	acc := 0 // new bytes in the segments before s
+	for i, s := range b.scan {
+		start := max(s.doneLen, segHeaderSize)
+		if len(s.buf) <= start {
+			continue
+		}
+		if s.cutLen > start {
+			n := acc + s.cutLen - start
+			if cutAt >= 0 && n > limit {
+				break
+			}
+			cutAt, cutLen, cutCount, cutBytes = i, s.cutLen, s.cutCount, n
+		}
+		acc += len(s.buf) - start
+		if cutAt >= 0 && acc >= limit {
+			break
+		}
+	}
+	for i := 0; i <= cutAt; i++ {
+		s := b.scan[i]
+		if len(s.buf) <= max(s.doneLen, segHeaderSize) {
+			continue
+		}
+		r := segRef{s: s, buf: s.buf, count: s.count}
+		if i == cutAt {
+			r.buf, r.count = s.buf[:cutLen], cutCount
+		}
+		b.refs = append(b.refs, r)
+	}
+	b.bytes = max(cutBytes, 0)
+	b.firstSeq = w.durable.Load() + 1
+	b.lastSeq = b.firstSeq - 1
+	if cutAt >= 0 {
+		b.lastSeq = b.scan[cutAt].first + uint64(cutCount) - 1
+	}
+	b.complete = b.lastSeq == w.lastSeq.Load()
+	b.gen = w.mu.gen
+	clear(b.pos)
+	for src, ops := range w.mu.posOps {
+		for _, op := range ops {
+			if op.seq > b.lastSeq {
+				b.complete = false
+				break
+			}
+			b.pos[src] = op // the last one covered wins
+		}
+	}
+	b.oldest = w.mu.oldest
+	if b.complete {
+		w.mu.oldest = time.Time{}
+		w.mu.flushReq = false
+	}
+}
+
+// write is the body of the commit's bbolt transaction: the segments, the
+// retention deletions and the positions.
+func (w *WAL) write(tx *bolt.Tx, b *batch, now time.Time) error {
+	sb := tx.Bucket(bucketSegments)
+	sb.FillPercent = 1.0 // keys only ever grow: fill pages completely
+	nowNs := now.UnixNano()
+	b.use, b.first = w.wr.use, w.wr.first
+	b.retSegs, b.retN = 0, 0
+	for i := range b.refs {
+		r := &b.refs[i]
+		s := r.s
+		r.put = false
+		if len(r.buf) == s.doneLen {
+			continue // the open segment had nothing new
+		}
+		r.crc = s.bodyCRC
+		if from := max(s.crcLen, segHeaderSize); from < len(r.buf) {
+			r.crc = crc32.Update(r.crc, castagnoli, r.buf[from:])
+		}
+		writeHeader(r.buf, s.first, r.count, nowNs, r.crc)
+		if err := sb.Put(s.key[:], r.buf); err != nil {
+			return fmt.Errorf("put segment %d: %w", s.first, err)
+		}
+		r.put = true
+		b.use.stored += int64(len(r.buf) - s.doneLen)
+		b.use.footprint += w.footprint(len(r.buf))
+		if s.doneLen == 0 {
+			b.use.segments++
+		} else {
+			b.use.footprint -= w.footprint(s.doneLen)
+		}
+	}
+
+	// Retention: delete whole oldest segments, always keeping the newest
+	// (which holds the last sequence number for the next Open).
+	c := sb.Cursor()
+	minNs := int64(0)
+	if w.opts.MaxAge > 0 {
+		minNs = nowNs - int64(w.opts.MaxAge)
+	}
+	k, v := c.First()
+	for b.use.segments > 1 && k != nil && (b.use.footprint > w.opts.MaxBytes || headerNewest(v) < minNs) {
+		b.use.stored -= int64(len(v))
+		b.use.footprint -= w.footprint(len(v))
+		b.use.segments--
+		b.retSegs++
+		b.retN += uint64(headerCount(v))
+		if err := c.Delete(); err != nil {
+			return fmt.Errorf("retention: %w", err)
+		}
+		k, v = c.First()
+	}
+	b.first = 0
+	if k != nil {
+		b.first, _ = keySeq(k)
+	}
+
+	if len(b.pos) > 0 {
+		pb := tx.Bucket(bucketPositions)
+		for src, op := range b.pos {
+			var err error
+			if op.del {
+				err = pb.Delete([]byte(src))
+			} else {
+				err = pb.Put([]byte(src), binary.BigEndian.AppendUint64(make([]byte, 0, 8), op.pos))
+			}
+			if err != nil {
+				return fmt.Errorf("position %q: %w", src, err)
+			}
+		}
+	}
+	return nil
+}
+
+// succeeded applies a committed batch: releases the segments stored whole,
+// publishes the watermark and positions, calls OnCommit, wakes Flush.
+func (w *WAL) succeeded(b *batch, dur time.Duration) {
+	for i := range b.refs {
+		if r := &b.refs[i]; r.put {
+			r.s.doneLen, r.s.bodyCRC, r.s.crcLen = len(r.buf), r.crc, len(r.buf)
+		}
+	}
+	w.wr.use, w.wr.first = b.use, b.first
+	clear(b.commit.Positions)
+
+	w.mu.Lock()
+	// Sealed segments now stored whole are done with.
+	done := 0
+	for done < len(w.mu.full) && w.mu.full[done].doneLen == len(w.mu.full[done].buf) {
+		w.releaseLocked(w.mu.full[done])
+		done++
+	}
+	n := copy(w.mu.full, w.mu.full[done:])
+	clear(w.mu.full[n:])
+	w.mu.full = w.mu.full[:n]
+	w.mu.committed += int64(b.bytes)
+	w.mu.committedGen = b.gen
+	w.durable.Store(b.lastSeq)
+	w.firstSeq.Store(b.first)
+	for src, op := range b.pos {
+		ops := w.mu.posOps[src]
+		i := 0
+		for i < len(ops) && ops[i].gen <= op.gen {
+			i++
+		}
+		if i == len(ops) {
+			delete(w.mu.posOps, src)
+		} else {
+			w.mu.posOps[src] = ops[i:]
+		}
+		if op.del {
+			delete(w.mu.positions, src)
+		} else {
+			w.mu.positions[src] = op.pos
+			b.commit.Positions[src] = op.pos
+		}
+	}
+	w.mu.use = b.use
+	w.mu.commits++
+	w.mu.retainedSegs += b.retSegs
+	w.mu.retainedN += b.retN
+	w.mu.lastDur = dur
+	w.mu.lastErr = nil
+	ch := w.mu.commitCh
+	w.mu.commitCh = make(chan struct{})
+	w.mu.Unlock()
+
+	if w.opts.OnCommit != nil {
+		b.commit.FirstSeq, b.commit.LastSeq = b.firstSeq, b.lastSeq
+		b.commit.Frames = int(b.lastSeq + 1 - b.firstSeq)
+		b.commit.Bytes = b.bytes
+		b.commit.Duration = dur
+		w.opts.OnCommit(b.commit)
+	}
+	close(ch)
+}
+
+// failed keeps everything queued after a failed commit and reports err.
+func (w *WAL) failed(b *batch, err error) {
+	w.mu.Lock()
+	if b.complete && !b.oldest.IsZero() && (w.mu.oldest.IsZero() || b.oldest.Before(w.mu.oldest)) {
+		w.mu.oldest = b.oldest
+	}
+	w.mu.commitErrors++
+	w.mu.lastErr = err
+	w.mu.Unlock()
+	if w.opts.OnError != nil {
+		w.opts.OnError(err)
+	}
+}
