@@ -287,6 +287,8 @@ func (s *Segment) Ring(slot int) (*Ring, error) {
 		mask:   info.Capacity - 1,
 		notify: notify,
 		space:  newEvent(ctl, rcSpaceEv),
+		gen:    info.Generation,
+		owner:  info.Owner,
 	}, nil
 }
 

@@ -42,6 +42,8 @@ type Ring struct {
 	mask   uint64
 	notify Event // signalled on commit
 	space  Event // signalled on release
+	gen    uint64
+	owner  Owner
 }
 
 // Slot returns the ring's directory slot.
@@ -725,3 +727,23 @@ func (p *Producer) prefetch() {
 
 // release stores a record header word with release semantics.
 func release(data []byte, off int, h uint64) { storeRelease64(rawU64At(data, off), h) }
+
+// End returns the ring position just after the claimed record: once the
+// ring's head (Ring.Head) reaches it, the consumer has released the record.
+func (c Claim) End() uint64 { return c.pos + align8(uint64(int32(uint32(c.hdr)))) }
+
+// End returns the ring position just after the batch.
+func (b *Batch) End() uint64 { return b.pos + b.total }
+
+// Head returns the consumer's released position. The sidecar releases a
+// record only after its WAL has committed it, so for an ingress ring this
+// is the durable position.
+func (r *Ring) Head() uint64 { return u64At(r.ctl, rcHead).Load() }
+
+// Generation returns the attach generation of the ring's directory slot as
+// it was when the Ring was opened.
+func (r *Ring) Generation() uint64 { return r.gen }
+
+// Owner returns the owner recorded in the ring's directory slot when the
+// Ring was opened.
+func (r *Ring) Owner() Owner { return r.owner }
