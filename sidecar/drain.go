@@ -1,0 +1,260 @@
+package sidecar
+
+import (
+	"context"
+	"errors"
+	"strconv"
+	"time"
+
+	"github.com/framebus/framebus/schema"
+	"github.com/framebus/framebus/shm"
+	"github.com/framebus/framebus/wal"
+)
+
+// drainLoop is the one goroutine that reads the rings. Per pass it releases
+// what the WAL committed, polls every ring for a batch, copies and verifies
+// each frame, appends the good ones to the WAL together with the ring's new
+// read position, and runs the backpressure and lifecycle checks. With
+// nothing to do it sleeps on the segment's doorbell.
+func (s *Sidecar) drainLoop() {
+	defer close(s.drained)
+	d := &drainer{s: s, arena: make([]byte, 0, 1<<20)}
+	lastHouse := time.Time{}
+	for {
+		s.applyReleases()
+		ps := s.snapshot()
+		total := 0
+		for _, p := range ps {
+			if !p.corrupt {
+				total += d.drainRing(p)
+			}
+		}
+		if now := time.Now(); total == 0 || now.Sub(lastHouse) > 10*time.Millisecond {
+			s.housekeeping(ps)
+			lastHouse = now
+		}
+		select {
+		case <-s.drainReq:
+			if total == 0 {
+				s.finalDrain()
+				return
+			}
+			continue
+		default:
+		}
+		if total == 0 {
+			ctx, cancel := context.WithTimeout(context.Background(), 100*time.Millisecond)
+			s.wake.Wait(ctx, shm.DefaultSpin, func() bool { return s.workPending(ps) })
+			cancel()
+		}
+	}
+}
+
+// finalDrain commits what was appended and releases it, at shutdown.
+func (s *Sidecar) finalDrain() {
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	if err := s.wal.Flush(ctx); err != nil {
+		s.log.Error("final WAL commit failed; frames stay in their rings for the next sidecar", "err", err)
+		return
+	}
+	s.applyReleases()
+}
+
+// workPending is the drain loop's wake-up condition.
+func (s *Sidecar) workPending(ps []*producer) bool {
+	for _, p := range ps {
+		if !p.corrupt && p.cons.Ready() {
+			return true
+		}
+	}
+	s.mu.Lock()
+	n := len(s.mu.releases)
+	s.mu.Unlock()
+	select {
+	case <-s.drainReq:
+		return true
+	default:
+	}
+	return n > 0
+}
+
+func (s *Sidecar) snapshot() []*producer {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	ps := make([]*producer, 0, len(s.mu.producers))
+	for _, p := range s.mu.producers {
+		ps = append(ps, p)
+	}
+	return ps
+}
+
+// applyReleases frees ring space up to the positions the WAL committed and
+// publishes the durable watermark.
+func (s *Sidecar) applyReleases() {
+	s.mu.Lock()
+	if len(s.mu.releases) == 0 {
+		s.mu.Unlock()
+		return
+	}
+	rel := s.mu.releases
+	s.mu.releases = map[string]uint64{}
+	durable := s.mu.durable
+	byKey := make(map[string]*producer, len(s.mu.producers))
+	for _, p := range s.mu.producers {
+		byKey[p.key] = p
+	}
+	s.mu.Unlock()
+	for k, pos := range rel {
+		if p := byKey[k]; p != nil {
+			// The position never exceeds what this consumer read.
+			p.cons.Release(pos)
+		}
+	}
+	s.seg.PublishDurable(durable)
+}
+
+// drainer holds the drain goroutine's scratch buffers.
+type drainer struct {
+	s      *Sidecar
+	frames []wal.Frame
+	arena  []byte
+}
+
+// drainRing moves one batch of ring p into the WAL and returns how many
+// records it took.
+func (d *drainer) drainRing(p *producer) int {
+	s := d.s
+	d.frames = d.frames[:0]
+	d.arena = d.arena[:0]
+	start := p.cons.ReadPos()
+	var rejected uint64
+	var reason string
+	n, err := p.cons.Poll(s.cfg.MaxBatchSize, func(rec shm.Record) {
+		// Copy before verifying: the driver can still write the ring.
+		off := len(d.arena)
+		d.arena = append(d.arena, rec.Payload...)
+		buf := d.arena[off:len(d.arena):len(d.arena)]
+		if !kindValid(rec.Type) {
+			rejected++
+			reason = "unknown record type " + strconv.Itoa(int(rec.Type))
+			return
+		}
+		if err := schema.Verify(schema.Kind(rec.Type), buf); err != nil {
+			rejected++
+			reason = err.Error()
+			return
+		}
+		d.frames = append(d.frames, wal.Frame{Kind: rec.Type, Data: buf})
+	})
+	var corrupt *shm.CorruptError
+	if errors.As(err, &corrupt) && !p.corrupt {
+		s.detach(p, corrupt.Error())
+	}
+	if rejected > 0 {
+		p.rejected.Add(rejected)
+		s.m.rejected.Add(float64(rejected))
+		s.log.Warn("frames failed verification and were rejected", "producer", p.name, "slot", p.slot, "count", rejected, "last_reason", reason)
+	}
+	end := p.cons.ReadPos()
+	if end == start {
+		return n
+	}
+	if len(d.frames) > 0 {
+		t0 := time.Now()
+		// Frames and the ring's new read position go into the same WAL
+		// transaction: a restarted sidecar resumes exactly after them.
+		if _, err := s.wal.AppendFrom(p.key, end, d.frames...); err != nil {
+			// The WAL's memory queue is full (its disk is failing): leave
+			// the frames in the ring, where they are safe, and push back.
+			p.cons.Seek(start)
+			if !errors.Is(err, wal.ErrQueueFull) {
+				s.log.Error("WAL append failed", "err", err)
+			}
+			s.seg.SetFlags(shm.FlagPause)
+			return 0
+		}
+		s.m.batchSend.Observe(time.Since(t0).Seconds())
+		s.m.batchSize.Observe(float64(len(d.frames)))
+		p.published.Add(uint64(len(d.frames)))
+		return n
+	}
+	// Only rejected records or padding: the position alone.
+	s.wal.SetPosition(p.key, end)
+	return n
+}
+
+// housekeeping runs the backpressure controller, reports rejections to
+// drivers, and retires and frees the rings of drivers that are gone.
+func (s *Sidecar) housekeeping(ps []*producer) {
+	c := s.cfg
+	// Global PAUSE on the WAL's queue (it grows while commits fail).
+	_, pend := s.wal.Pending()
+	limit := float64(c.MaxMemoryBytes)
+	if float64(pend) >= c.BackpressureThreshold*limit {
+		if s.seg.Flags()&shm.FlagPause == 0 {
+			s.log.Warn("WAL queue above the backpressure threshold: pausing producers", "pending_bytes", pend)
+		}
+		s.seg.SetFlags(shm.FlagPause)
+	} else if s.seg.Flags()&shm.FlagPause != 0 && float64(pend) < c.ResumeLo*c.BackpressureThreshold*limit {
+		s.seg.ClearFlags(shm.FlagPause)
+		s.log.Info("WAL queue drained: producers resume")
+		for _, p := range ps {
+			ev := p.ring.SpaceEvent()
+			ev.Wake()
+		}
+	}
+	for _, p := range ps {
+		// Per-ring PAUSE with hysteresis.
+		fill := float64(p.ring.Used()) / float64(p.ring.Capacity())
+		if !p.paused && fill >= c.PauseHi {
+			p.paused = true
+			s.seg.SetRingFlags(p.slot, shm.FlagPause)
+		} else if p.paused && fill <= c.ResumeLo {
+			p.paused = false
+			s.seg.ClearRingFlags(p.slot, shm.FlagPause)
+			ev := p.ring.SpaceEvent()
+			ev.Wake()
+		}
+		if r := p.rejected.Load(); r > p.notified {
+			s.notify(p, &shm.Message{Op: shm.OpRejected, Count: r - p.notified, Message: "frames failed schema verification"})
+			p.notified = r
+		}
+		switch p.getState() {
+		case stateOrphan:
+			if !shm.ProcessAlive(p.pid, p.start) {
+				p.setState(stateRetiring)
+			}
+		case stateRetiring:
+			if (p.corrupt || !p.cons.Ready()) && p.cons.Head() == p.cons.ReadPos() {
+				s.freeProducer(p)
+			}
+		}
+	}
+}
+
+// freeProducer frees a drained ring of a driver that is gone.
+func (s *Sidecar) freeProducer(p *producer) {
+	s.mu.Lock()
+	delete(s.mu.producers, p.slot)
+	s.mu.Unlock()
+	s.seg.FreeRing(p.slot)
+	s.wal.DeletePosition(p.key)
+	s.m.detaches.Inc()
+	s.log.Info("driver gone, ring drained and freed", "producer", p.name, "slot", p.slot, "frames", p.published.Load())
+}
+
+// detach cuts off a driver whose ring broke the record protocol: what it
+// committed before the bad record is kept; the ring is freed.
+func (s *Sidecar) detach(p *producer, why string) {
+	s.log.Error("detaching driver: its ring is corrupt", "producer", p.name, "slot", p.slot, "pid", p.pid, "reason", why)
+	s.notify(p, &shm.Message{Op: shm.OpError, Code: shm.CodeCorrupted, Message: why})
+	if c := p.conn.Load(); c != nil {
+		c.Close()
+	}
+	// Nothing from the bad record on is read; the ring is freed once what
+	// came before it is committed.
+	p.corrupt = true
+	p.setState(stateRetiring)
+	s.m.corrupt.Inc()
+}

@@ -1,0 +1,407 @@
+package sidecar
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io/fs"
+	"log/slog"
+	"net"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/framebus/framebus/schema"
+	"github.com/framebus/framebus/shm"
+	"github.com/framebus/framebus/wal"
+)
+
+// Sidecar is the running daemon: it owns the segment, the WAL, the socket,
+// the drain goroutine and one goroutine per attached driver.
+type Sidecar struct {
+	cfg   Config
+	log   *slog.Logger
+	seg   *shm.Segment
+	wal   *wal.WAL
+	ln    *net.UnixListener
+	lock  *os.File
+	epoch uint64
+	uid   int
+	gid   int // the configured group, -1 if none
+
+	m *metrics
+
+	mu struct {
+		sync.Mutex
+		producers map[int]*producer // by directory slot
+		nextGen   uint32
+		stopping  bool
+		releases  map[string]uint64 // committed positions to release, by source key
+		durable   uint64
+	}
+	wake     shm.Event     // the segment's doorbell: the drain loop sleeps on it
+	drainReq chan struct{} // closed to ask the drain loop to finish
+	drained  chan struct{} // closed when the drain loop has finished
+	conns    sync.WaitGroup
+	closed   atomic.Bool
+	shutOnce sync.Once
+	shutErr  error
+}
+
+// producerState says where an attachment is in its life.
+type producerState int
+
+const (
+	stateAttached producerState = iota // socket open
+	stateOrphan                        // adopted after a restart, or socket closed while the process lives
+	stateRetiring                      // gone: drain what it committed, then free the ring
+)
+
+// producer is one ring and the driver that writes it.
+type producer struct {
+	slot  int
+	gen   uint64
+	key   string // WAL position key: "slot/generation"
+	name  string
+	id    uint16
+	pid   int
+	start uint64
+	uid   uint32
+	ring  *shm.Ring
+	cons  *shm.Consumer // drain goroutine only
+
+	state atomic.Int32 // producerState
+	conn  atomic.Pointer[net.UnixConn]
+
+	published atomic.Uint64 // frames written to the WAL
+	rejected  atomic.Uint64 // frames that failed verification
+	notified  uint64        // rejections already reported to the driver (drain goroutine)
+	paused    bool          // per-ring PAUSE raised (drain goroutine)
+	corrupt   bool          // the ring broke the protocol: detached (drain goroutine)
+}
+
+func (p *producer) getState() producerState  { return producerState(p.state.Load()) }
+func (p *producer) setState(s producerState) { p.state.Store(int32(s)) }
+
+// New starts a sidecar: it takes the bus's lock, opens the WAL, creates (or
+// adopts) the segment, resumes the rings it finds, listens on the socket and
+// starts draining. Stop it with Shutdown.
+func New(cfg Config, log *slog.Logger) (*Sidecar, error) {
+	cfg.EnsureDefaults()
+	if err := cfg.Validate(); err != nil {
+		return nil, err
+	}
+	if log == nil {
+		log = slog.Default()
+	}
+	s := &Sidecar{cfg: cfg, log: log, uid: os.Getuid(), gid: -1, drainReq: make(chan struct{}), drained: make(chan struct{})}
+	s.mu.producers = map[int]*producer{}
+	s.mu.releases = map[string]uint64{}
+	ok := false
+	defer func() {
+		if !ok {
+			s.release()
+		}
+	}()
+	if err := s.resolveGroup(); err != nil {
+		return nil, err
+	}
+	if err := os.MkdirAll(cfg.RunDir, 0o755); err != nil {
+		return nil, fmt.Errorf("sidecar: create run directory %s: %w (set --run-dir)", cfg.RunDir, err)
+	}
+	if err := s.takeLock(); err != nil {
+		return nil, err
+	}
+	walDir := cfg.WALPath()
+	if err := os.MkdirAll(walDir, 0o750); err != nil {
+		return nil, fmt.Errorf("sidecar: create WAL directory %s: %w (set --wal-dir)", walDir, err)
+	}
+	s.m = newMetrics(s)
+	w, err := wal.Open(wal.Options{
+		Dir:           walDir,
+		FlushInterval: cfg.WALFlush.Duration,
+		MaxBytes:      cfg.WALMaxBytes,
+		MaxAge:        cfg.WALMaxAge.Duration,
+		// Commit early at a quarter of the memory bound, so that the
+		// byte trigger fires well before the queue is full.
+		MaxBatchBytes:  int(max(cfg.MaxMemoryBytes/4, 64<<10)),
+		MaxMemoryBytes: cfg.MaxMemoryBytes,
+		OnCommit:       s.onCommit,
+		OnError:        s.onWALError,
+	})
+	if err != nil {
+		return nil, fmt.Errorf("sidecar: open WAL in %s: %w", walDir, err)
+	}
+	s.wal = w
+	if err := s.openSegment(); err != nil {
+		return nil, err
+	}
+	s.wake = s.seg.Doorbell()
+	if err := s.resumeRings(); err != nil {
+		return nil, err
+	}
+	if err := s.listen(); err != nil {
+		return nil, err
+	}
+	if err := s.m.serve(cfg.MetricsAddr); err != nil {
+		s.ln.Close()
+		return nil, fmt.Errorf("sidecar: metrics listener on %s: %w (set --metrics-addr, or \"off\")", cfg.MetricsAddr, err)
+	}
+	ok = true
+	go s.drainLoop()
+	go s.acceptLoop()
+	s.log.Info("framebus sidecar running", "name", cfg.Name, "preset", cfg.Preset, "segment", s.seg.Path(),
+		"socket", cfg.SocketPath(), "wal", walDir, "epoch", s.epoch, "rings", len(s.mu.producers))
+	return s, nil
+}
+
+func (s *Sidecar) resolveGroup() error {
+	gid, err := s.cfg.GroupID()
+	if err != nil {
+		return err
+	}
+	s.gid = gid
+	return nil
+}
+
+// takeLock holds an exclusive flock on <run_dir>/<name>.lock for the life of
+// the process: a second sidecar on the same bus fails here, before it
+// touches the segment, the WAL or the socket.
+func (s *Sidecar) takeLock() error {
+	path := filepath.Join(s.cfg.RunDir, s.cfg.Name+".lock")
+	f, err := os.OpenFile(path, os.O_RDWR|os.O_CREATE, 0o640)
+	if err != nil {
+		return fmt.Errorf("sidecar: open lock file %s: %w", path, err)
+	}
+	if err := unix.Flock(int(f.Fd()), unix.LOCK_EX|unix.LOCK_NB); err != nil {
+		b := make([]byte, 32)
+		n, _ := f.ReadAt(b, 0)
+		f.Close()
+		pid := strings.TrimSpace(string(b[:n]))
+		return fmt.Errorf("sidecar: another sidecar (pid %s) is running on bus %q (lock %s): stop it, or choose another --name", pid, s.cfg.Name, path)
+	}
+	f.Truncate(0)
+	f.WriteAt([]byte(strconv.Itoa(os.Getpid())+"\n"), 0)
+	s.lock = f
+	return nil
+}
+
+// openSegment creates the segment, or adopts one left by a previous sidecar
+// (its rings may hold committed frames that are not in the WAL yet).
+func (s *Sidecar) openSegment() error {
+	c := s.cfg
+	seg, err := shm.Open(c.ShmDir, c.Name)
+	switch {
+	case err == nil:
+		epoch := seg.Epoch() + 1
+		seg.Close()
+		seg, err = shm.Adopt(c.ShmDir, c.Name, epoch)
+		if err != nil {
+			return fmt.Errorf("sidecar: adopt segment %s: %w", shm.Path(c.ShmDir, c.Name), err)
+		}
+		s.log.Info("adopted the segment of a previous sidecar", "segment", seg.Path(), "epoch", epoch)
+	case errors.Is(err, fs.ErrNotExist):
+		seg, err = shm.Create(shm.Config{Name: c.Name, Dir: c.ShmDir, Size: c.ShmBytes, MaxRings: c.MaxRings, Gid: max(s.gid, 0)}, 1)
+		if err != nil {
+			return fmt.Errorf("sidecar: %w", err)
+		}
+	case errors.Is(err, shm.ErrNotReady):
+		// A sidecar died while creating it: nothing can be in it.
+		s.log.Warn("removing a half-initialised segment", "segment", shm.Path(c.ShmDir, c.Name))
+		os.Remove(shm.Path(c.ShmDir, c.Name))
+		return s.openSegment()
+	default:
+		return fmt.Errorf("sidecar: segment %s exists but cannot be used: %w (if no driver uses it, remove it)", shm.Path(c.ShmDir, c.Name), err)
+	}
+	s.seg = seg
+	s.epoch = seg.Epoch()
+	seg.ClearFlags(shm.FlagShuttingDown | shm.FlagPause | shm.FlagDegraded)
+	return nil
+}
+
+func sourceKey(slot int, gen uint64) string {
+	return strconv.Itoa(slot) + "/" + strconv.FormatUint(gen, 10)
+}
+
+// resumeRings takes over the rings of an adopted segment: their committed
+// frames up to the WAL's recorded position are already in the WAL and are
+// released; reading resumes exactly there.
+func (s *Sidecar) resumeRings() error {
+	positions := s.wal.Positions()
+	live := map[string]bool{}
+	for _, info := range s.seg.Rings() {
+		ring, err := s.seg.Ring(info.Slot)
+		if err != nil {
+			s.log.Warn("freeing an unusable ring directory slot", "slot", info.Slot, "err", err)
+			s.seg.FreeRing(info.Slot)
+			continue
+		}
+		cons, err := ring.Consumer()
+		if err != nil {
+			s.log.Warn("freeing a ring with corrupt positions", "slot", info.Slot, "err", err)
+			s.seg.FreeRing(info.Slot)
+			continue
+		}
+		p := &producer{slot: info.Slot, gen: info.Generation, key: sourceKey(info.Slot, info.Generation), name: info.Owner.Name,
+			pid: info.Owner.Pid, start: info.Owner.Start, uid: info.Owner.UID, ring: ring, cons: cons}
+		p.id = uint16(info.Slot + 1)
+		if pos, ok := positions[p.key]; ok && pos > cons.Head() {
+			if err := cons.Seek(pos); err != nil {
+				return fmt.Errorf("sidecar: ring %d: the WAL says %d frames bytes were drained, the ring disagrees: %w", info.Slot, pos, err)
+			}
+			cons.Release(pos)
+		}
+		live[p.key] = true
+		if shm.ProcessAlive(p.pid, p.start) {
+			p.setState(stateOrphan)
+		} else {
+			p.setState(stateRetiring)
+		}
+		s.mu.producers[info.Slot] = p
+		if g := uint32(info.Generation); g >= s.mu.nextGen {
+			s.mu.nextGen = g + 1
+		}
+		s.log.Info("resumed ring", "slot", info.Slot, "producer", p.name, "pid", p.pid, "state", stateName(p.getState()))
+	}
+	for key := range positions {
+		if !live[key] {
+			s.wal.DeletePosition(key)
+		}
+	}
+	return nil
+}
+
+func stateName(st producerState) string {
+	switch st {
+	case stateAttached:
+		return "attached"
+	case stateOrphan:
+		return "orphan"
+	}
+	return "retiring"
+}
+
+func (s *Sidecar) listen() error {
+	path := s.cfg.SocketPath()
+	// We hold the bus lock, so a socket file there is a dead sidecar's.
+	os.Remove(path)
+	ln, err := net.ListenUnix("unixpacket", &net.UnixAddr{Name: path, Net: "unixpacket"})
+	if err != nil {
+		return fmt.Errorf("sidecar: listen on %s: %w", path, err)
+	}
+	ln.SetUnlinkOnClose(true)
+	if err := os.Chmod(path, 0o660); err != nil {
+		ln.Close()
+		return fmt.Errorf("sidecar: chmod %s: %w", path, err)
+	}
+	if s.gid >= 0 {
+		if err := os.Chown(path, -1, s.gid); err != nil {
+			ln.Close()
+			return fmt.Errorf("sidecar: chown %s to group %d: %w", path, s.gid, err)
+		}
+	}
+	s.ln = ln
+	return nil
+}
+
+// onCommit runs on the WAL writer after each durable commit: the committed
+// positions may now be released in their rings (by the drain goroutine,
+// which owns the consumers) and the durable watermark advances.
+func (s *Sidecar) onCommit(c wal.Commit) {
+	s.mu.Lock()
+	for k, v := range c.Positions {
+		s.mu.releases[k] = v
+	}
+	if c.LastSeq > s.mu.durable {
+		s.mu.durable = c.LastSeq
+	}
+	s.mu.Unlock()
+	if s.seg.Flags()&shm.FlagDegraded != 0 {
+		s.seg.ClearFlags(shm.FlagDegraded)
+		s.log.Info("WAL writes work again; leaving degraded mode")
+	}
+	s.m.observeCommit(c)
+	s.wake.Wake()
+}
+
+func (s *Sidecar) onWALError(err error) {
+	if s.seg.Flags()&shm.FlagDegraded == 0 {
+		s.log.Error("WAL commit failed; degraded: frames are kept in memory and retried", "err", err)
+	}
+	s.seg.SetFlags(shm.FlagDegraded)
+	s.m.walErrors.Inc()
+}
+
+// Shutdown stops accepting drivers, drains every ring, commits the WAL and
+// releases everything. Drivers still attached keep their rings in the
+// segment, which stays for the next sidecar to adopt. Idempotent.
+func (s *Sidecar) Shutdown(ctx context.Context) error {
+	s.shutOnce.Do(func() {
+		s.seg.SetFlags(shm.FlagShuttingDown)
+		s.mu.Lock()
+		s.mu.stopping = true
+		s.mu.Unlock()
+		s.ln.Close()
+		close(s.drainReq)
+		s.wake.Wake()
+		select {
+		case <-s.drained:
+		case <-ctx.Done():
+			s.shutErr = fmt.Errorf("sidecar: shutdown: drain did not finish: %w", ctx.Err())
+		}
+		s.mu.Lock()
+		for _, p := range s.mu.producers {
+			if c := p.conn.Load(); c != nil {
+				c.Close()
+			}
+		}
+		s.mu.Unlock()
+		s.conns.Wait()
+		s.release()
+	})
+	return s.shutErr
+}
+
+// release closes what New opened, in reverse order.
+func (s *Sidecar) release() {
+	if s.closed.Swap(true) {
+		return
+	}
+	if s.m != nil {
+		s.m.close()
+	}
+	if s.ln != nil {
+		s.ln.Close()
+	}
+	if s.wal != nil {
+		if err := s.wal.Close(); err != nil && s.shutErr == nil {
+			s.shutErr = fmt.Errorf("sidecar: close WAL: %w", err)
+		}
+	}
+	if s.seg != nil {
+		remove := len(s.seg.Rings()) == 0
+		s.seg.ClearFlags(shm.FlagPause)
+		s.seg.Close()
+		if remove {
+			s.seg.Remove()
+		}
+	}
+	if s.lock != nil {
+		os.Remove(s.lock.Name())
+		s.lock.Close()
+	}
+}
+
+// Segment returns the segment (for tests and status).
+func (s *Sidecar) Segment() *shm.Segment { return s.seg }
+
+// kindValid reports whether a ring record type is a frame kind.
+func kindValid(t uint16) bool {
+	k := schema.Kind(t)
+	return k == schema.KindData || k == schema.KindCommand || k == schema.KindAck
+}
