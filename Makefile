@@ -5,7 +5,7 @@ FLATC     ?= flatc
 FUZZTIME  ?= 5m
 BENCHCOUNT ?= 5
 BENCHOUT  ?= bench.out
-DEMOTIME  ?= 10s
+DEMOTIME  ?= 20s
 BIN       := bin
 
 # Packages with fuzz targets, and their targets (kept in sync by `make fuzz-list`).
@@ -74,8 +74,8 @@ fuzz-list: ## Check that FUZZ_TARGETS lists every fuzz target in the tree.
 lint: fmt-check vet ## gofmt, go vet and staticcheck.
 	$(GO) run honnef.co/go/tools/cmd/staticcheck@v0.8.2 ./...
 
-demo: ## Producer processes stream frames through one segment; the consumer prints the live rate.
-	$(GO) run ./cmd/framebus demo --duration $(DEMOTIME)
+demo: ## A sidecar and simulated drivers for DEMOTIME with live throughput; prints where the WAL is.
+	$(GO) build -o $(BIN)/framebus ./cmd/framebus && $(BIN)/framebus demo --duration $(DEMOTIME)
 
 clean: ## Remove build output.
 	rm -rf $(BIN) $(BENCHOUT)

@@ -12,8 +12,11 @@ import (
 const usage = `framebus — shared-memory message bus for multiprocess IoT gateways
 
 Usage:
-  framebus demo [flags]    producer processes stream frames through one segment;
-                           the consumer prints the live rate (framebus demo -h)
+  framebus run [flags]      run the sidecar (framebus run -h for every setting)
+  framebus publish [flags]  publish synthetic frames as a driver and wait until durable
+  framebus wal stats|verify inspect a WAL offline
+  framebus demo [flags]     a sidecar and simulated drivers for 20 s, with live
+                            throughput (framebus demo -h)
   framebus version         print the version
   framebus help            print this help
 `
@@ -28,10 +31,14 @@ func run(args []string, stdout, stderr io.Writer) int {
 		return 2
 	}
 	switch args[0] {
+	case "run":
+		return runMain(args[1:], stdout, stderr)
+	case "publish":
+		return publishMain(args[1:], stdout, stderr)
+	case "wal":
+		return walMain(args[1:], stdout, stderr)
 	case "demo":
 		return demoMain(args[1:], stdout, stderr)
-	case demoProducerCmd:
-		return demoProducerMain(args[1:], stderr)
 	case "version", "--version":
 		fmt.Fprintln(stdout, "framebus", version())
 		return 0

@@ -7,10 +7,11 @@ import (
 	"testing"
 )
 
-// The demo starts its producers by re-executing its own binary, which in a
-// test is the test binary: dispatch that to the command like main would.
+// The demo starts the sidecar and drivers by re-executing its own binary,
+// which in a test is the test binary: dispatch their commands to run like
+// main would.
 func TestMain(m *testing.M) {
-	if len(os.Args) > 1 && os.Args[1] == demoProducerCmd {
+	if len(os.Args) > 1 && (os.Args[1] == "run" || os.Args[1] == "publish") {
 		os.Exit(run(os.Args[1:], os.Stdout, os.Stderr))
 	}
 	os.Exit(m.Run())
@@ -18,17 +19,17 @@ func TestMain(m *testing.M) {
 
 func TestDemo(t *testing.T) {
 	var out, errb bytes.Buffer
-	code := run([]string{"demo", "--duration", "2s", "--producers", "2", "--points", "4", "--ring-size", "65536", "--shm-dir", t.TempDir()}, &out, &errb)
+	code := run([]string{"demo", "--duration", "3s", "--drivers", "2", "--rate", "2000", "--dir", t.TempDir(), "--shm-dir", t.TempDir()}, &out, &errb)
 	if code != 0 {
 		t.Fatalf("demo exited %d\nstdout:\n%s\nstderr:\n%s", code, out.String(), errb.String())
 	}
 	s := out.String()
-	for _, want := range []string{"frames/s", "0 failed verification, 0 sequence gaps", `"kind":"data"`} {
+	for _, want := range []string{"durable frames/s", "driver 1: published", "driver 2: published", "WAL ", "framebus wal stats"} {
 		if !strings.Contains(s, want) {
 			t.Fatalf("demo output lacks %q:\n%s", want, s)
 		}
 	}
-	if strings.Contains(s, "\n0 frames") {
+	if strings.Contains(s, ": 0 frames") {
 		t.Fatalf("demo moved no frames:\n%s", s)
 	}
 }
