@@ -29,7 +29,7 @@ build: ## Build every package and bin/framebus.
 test: fmt-check vet fuzz-list deps-check generate-check test-allocs test-race ## What CI runs: gofmt, vet, fuzz-target list, generated-code check, race tests, allocation tests.
 
 fmt-check: ## Fail if gofmt would change a file.
-	@out=$$(gofmt -l $$(git ls-files '*.go' 2>/dev/null || find . -name '*.go')); \
+	@out=$$(gofmt -l $$(find . -name '*.go' -not -path './.git/*')); \
 	if [ -n "$$out" ]; then echo "gofmt would change:"; echo "$$out"; echo "run: gofmt -w ."; exit 1; fi
 
 deps-check: ## Fail if the driver-side packages (shm, schema, client) pull in bbolt or prometheus.

@@ -106,7 +106,7 @@ func (s *Sidecar) serve(c *net.UnixConn) {
 		if err == nil && m.Op == shm.OpBye {
 			log.Info("driver detached")
 			p.conn.Store(nil)
-			p.setState(stateRetiring)
+			s.retire(p)
 			return
 		}
 		if err == nil {
@@ -119,7 +119,7 @@ func (s *Sidecar) serve(c *net.UnixConn) {
 			log.Error("too many protocol errors: disconnecting the driver (its ring is drained and freed)")
 			s.reply(c, &shm.Message{Op: shm.OpError, Code: shm.CodeProtocol, Message: "too many malformed messages"})
 			p.conn.Store(nil)
-			p.setState(stateRetiring)
+			s.retire(p)
 			return
 		}
 	}
@@ -131,7 +131,7 @@ func (s *Sidecar) serve(c *net.UnixConn) {
 			p.setState(stateOrphan)
 			log.Warn("driver closed its socket without bye; keeping its ring until it exits")
 		} else {
-			p.setState(stateRetiring)
+			s.retire(p)
 			log.Info("driver exited")
 		}
 	}
@@ -277,4 +277,11 @@ func (s *Sidecar) attachProducer(cred *unix.Ucred, hello *shm.Message, c *net.Un
 	p.setState(stateAttached)
 	s.mu.producers[slot] = p
 	return p, "", nil
+}
+
+// retire marks a driver gone and wakes the drain loop to drain and free its
+// ring.
+func (s *Sidecar) retire(p *producer) {
+	p.setState(stateRetiring)
+	s.wake.Wake()
 }

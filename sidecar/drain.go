@@ -11,6 +11,9 @@ import (
 	"github.com/framebus/framebus/wal"
 )
 
+// idleWake bounds how long an idle drain loop sleeps.
+const idleWake = time.Second
+
 // drainLoop is the one goroutine that reads the rings. Per pass it releases
 // what the WAL committed, polls every ring for a batch, copies and verifies
 // each frame, appends the good ones to the WAL together with the ring's new
@@ -24,10 +27,23 @@ func (s *Sidecar) drainLoop() {
 		s.applyReleases()
 		ps := s.snapshot()
 		total := 0
+		d.queueFull = false
 		for _, p := range ps {
 			if !p.corrupt {
 				total += d.drainRing(p)
 			}
+		}
+		if d.queueFull {
+			// The WAL cannot take more (its commits fail): the frames
+			// wait in their rings; look again shortly, not in a loop.
+			s.housekeeping(ps)
+			select {
+			case <-s.drainReq:
+				s.finalDrain()
+				return
+			case <-time.After(10 * time.Millisecond):
+			}
+			continue
 		}
 		if now := time.Now(); total == 0 || now.Sub(lastHouse) > 10*time.Millisecond {
 			s.housekeeping(ps)
@@ -43,7 +59,11 @@ func (s *Sidecar) drainLoop() {
 		default:
 		}
 		if total == 0 {
-			ctx, cancel := context.WithTimeout(context.Background(), 100*time.Millisecond)
+			// Idle: sleep until a commit, a WAL commit or shutdown rings
+			// the doorbell, or a second passes (housekeeping: drivers
+			// that died without closing their socket). Every wake-up
+			// costs CPU in the runtime too, so idle means few of them.
+			ctx, cancel := context.WithTimeout(context.Background(), idleWake)
 			s.wake.Wait(ctx, shm.DefaultSpin, func() bool { return s.workPending(ps) })
 			cancel()
 		}
@@ -116,9 +136,10 @@ func (s *Sidecar) applyReleases() {
 
 // drainer holds the drain goroutine's scratch buffers.
 type drainer struct {
-	s      *Sidecar
-	frames []wal.Frame
-	arena  []byte
+	s         *Sidecar
+	frames    []wal.Frame
+	arena     []byte
+	queueFull bool // a ring's batch did not fit the WAL's memory queue this pass
 }
 
 // drainRing moves one batch of ring p into the WAL and returns how many
@@ -171,7 +192,11 @@ func (d *drainer) drainRing(p *producer) int {
 			if !errors.Is(err, wal.ErrQueueFull) {
 				s.log.Error("WAL append failed", "err", err)
 			}
+			if s.seg.Flags()&shm.FlagPause == 0 {
+				s.log.Warn("WAL memory queue full: pausing producers; frames wait in their rings", "err", err)
+			}
 			s.seg.SetFlags(shm.FlagPause)
+			d.queueFull = true
 			return 0
 		}
 		s.m.batchSend.Observe(time.Since(t0).Seconds())

@@ -91,7 +91,10 @@ func (p *producer) setState(s producerState) { p.state.Store(int32(s)) }
 // New starts a sidecar: it takes the bus's lock, opens the WAL, creates (or
 // adopts) the segment, resumes the rings it finds, listens on the socket and
 // starts draining. Stop it with Shutdown.
-func New(cfg Config, log *slog.Logger) (*Sidecar, error) {
+func New(cfg Config, log *slog.Logger) (*Sidecar, error) { return newSidecar(cfg, log, nil) }
+
+// newSidecar is New with WAL fault-injection hooks, for tests.
+func newSidecar(cfg Config, log *slog.Logger, hooks *wal.Hooks) (*Sidecar, error) {
 	cfg.EnsureDefaults()
 	if err := cfg.Validate(); err != nil {
 		return nil, err
@@ -133,6 +136,7 @@ func New(cfg Config, log *slog.Logger) (*Sidecar, error) {
 		MaxMemoryBytes: cfg.MaxMemoryBytes,
 		OnCommit:       s.onCommit,
 		OnError:        s.onWALError,
+		Hooks:          hooks,
 	})
 	if err != nil {
 		return nil, fmt.Errorf("sidecar: open WAL in %s: %w", walDir, err)
