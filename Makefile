@@ -56,7 +56,7 @@ test-allocs: ## Allocation tests, without -race (its instrumentation allocates, 
 	$(GO) test -count 1 -run 'Allocs' ./schema ./shm
 
 bench: ## Benchmarks (shm rings vs Unix socket, encoders); results into $(BENCHOUT) and a median table.
-	$(GO) test -run '^$$' -bench . -benchmem -count $(BENCHCOUNT) -timeout 60m ./shm ./schema | tee $(BENCHOUT)
+	$(GO) test -run '^$$' -bench . -benchmem -count $(BENCHCOUNT) -timeout 60m ./shm ./schema ./wal | tee $(BENCHOUT)
 	$(GO) run ./cmd/benchreport < $(BENCHOUT)
 
 fuzz: ## Run every fuzz target for FUZZTIME each (seeds in */testdata/fuzz).
