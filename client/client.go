@@ -435,6 +435,21 @@ func (p *Publisher) WaitDurable(ctx context.Context) error {
 // out of the ring only with its WAL commit, so Flush is WaitDurable.
 func (p *Publisher) Flush(ctx context.Context) error { return p.WaitDurable(ctx) }
 
+// Mark is a point in a publisher's stream: it stands for every frame
+// published before it was taken.
+type Mark uint64
+
+// Mark returns a Mark for everything published so far.
+func (p *Publisher) Mark() Mark {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return Mark(p.mu.end)
+}
+
+// Durable reports whether everything before m is durable, without waiting:
+// a cheap check for tools that track publish-to-durable latency.
+func (p *Publisher) Durable(m Mark) bool { return p.ring.Head() >= uint64(m) }
+
 // Stats returns the publisher's counters.
 func (p *Publisher) Stats() Stats {
 	return Stats{Published: p.published.Load(), Dropped: p.dropped.Load(), Rejected: p.rejected.Load(), Reattach: p.reattach.Load()}

@@ -276,6 +276,8 @@ func (s *Sidecar) attachProducer(cred *unix.Ucred, hello *shm.Message, c *net.Un
 	p.conn.Store(c)
 	p.setState(stateAttached)
 	s.mu.producers[slot] = p
+	s.ringsVersion.Add(1)
+	s.wake.Wake()
 	return p, "", nil
 }
 

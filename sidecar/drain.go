@@ -25,6 +25,7 @@ func (s *Sidecar) drainLoop() {
 	lastHouse := time.Time{}
 	for {
 		s.applyReleases()
+		ver := s.ringsVersion.Load()
 		ps := s.snapshot()
 		total := 0
 		d.queueFull = false
@@ -64,7 +65,7 @@ func (s *Sidecar) drainLoop() {
 			// that died without closing their socket). Every wake-up
 			// costs CPU in the runtime too, so idle means few of them.
 			ctx, cancel := context.WithTimeout(context.Background(), idleWake)
-			s.wake.Wait(ctx, shm.DefaultSpin, func() bool { return s.workPending(ps) })
+			s.wake.Wait(ctx, shm.DefaultSpin, func() bool { return s.ringsVersion.Load() != ver || s.workPending(ps) })
 			cancel()
 		}
 	}

@@ -44,13 +44,16 @@ type Sidecar struct {
 		releases  map[string]uint64 // committed positions to release, by source key
 		durable   uint64
 	}
-	wake     shm.Event     // the segment's doorbell: the drain loop sleeps on it
-	drainReq chan struct{} // closed to ask the drain loop to finish
-	drained  chan struct{} // closed when the drain loop has finished
-	conns    sync.WaitGroup
-	closed   atomic.Bool
-	shutOnce sync.Once
-	shutErr  error
+	wake shm.Event // the segment's doorbell: the drain loop sleeps on it
+	// ringsVersion changes whenever a ring is added: the drain loop,
+	// asleep with its list of rings, must take a new one.
+	ringsVersion atomic.Uint64
+	drainReq     chan struct{} // closed to ask the drain loop to finish
+	drained      chan struct{} // closed when the drain loop has finished
+	conns        sync.WaitGroup
+	closed       atomic.Bool
+	shutOnce     sync.Once
+	shutErr      error
 }
 
 // producerState says where an attachment is in its life.

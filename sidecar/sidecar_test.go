@@ -24,7 +24,7 @@ var testBus atomic.Uint64
 
 // testConfig is a configuration private to one test: its own directories,
 // a unique name, no metrics listener.
-func testConfig(t *testing.T, extra ...string) Config {
+func testConfig(t testing.TB, extra ...string) Config {
 	t.Helper()
 	base := t.TempDir()
 	args := append([]string{"--name", fmt.Sprintf("unit-%d", testBus.Add(1)), "--shm-dir", base, "--run-dir", filepath.Join(base, "run"),

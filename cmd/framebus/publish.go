@@ -9,6 +9,7 @@ import (
 	"math"
 	"os"
 	"os/signal"
+	"slices"
 	"syscall"
 	"time"
 
@@ -82,6 +83,7 @@ func publish(ctx context.Context, out io.Writer, cfg client.Config, device strin
 	if err != nil {
 		return err
 	}
+	lat := startLatencySampler(pub)
 	start := time.Now()
 	var interval time.Duration
 	if rate > 0 {
@@ -119,9 +121,73 @@ func publish(ctx context.Context, out io.Writer, cfg client.Config, device strin
 		return fmt.Errorf("waiting for durability of %d frames: %w", seq, err)
 	}
 	durable := time.Now()
+	p50, p99, n := lat.stop()
 	el := published.Sub(start).Seconds()
 	st := pub.Stats()
-	fmt.Fprintf(out, "published %d frames (%d dropped, %d rejected) in %.2fs: %.0f frames/s; durable %.1f ms after the last publish\n",
-		st.Published, st.Dropped, st.Rejected, el, float64(st.Published)/el, float64(durable.Sub(published).Microseconds())/1000)
+	fmt.Fprintf(out, "published %d frames (%d dropped, %d rejected) in %.2fs: %.0f frames/s; durable %.1f ms after the last publish; durable latency p50 %.1f ms p99 %.1f ms (%d samples)\n",
+		st.Published, st.Dropped, st.Rejected, el, float64(st.Published)/el, float64(durable.Sub(published).Microseconds())/1000,
+		ms(p50), ms(p99), n)
 	return nil
+}
+
+func ms(d time.Duration) float64 { return float64(d.Microseconds()) / 1000 }
+
+// latencySampler measures publish-to-durable latency: every millisecond it
+// marks the stream, and it notes when each mark becomes durable (checked
+// every 100 µs, so a sample is at most that late).
+type latencySampler struct {
+	pub  *client.Publisher
+	done chan struct{}
+	out  chan []time.Duration
+}
+
+func startLatencySampler(pub *client.Publisher) *latencySampler {
+	l := &latencySampler{pub: pub, done: make(chan struct{}), out: make(chan []time.Duration, 1)}
+	go l.run()
+	return l
+}
+
+func (l *latencySampler) run() {
+	type sample struct {
+		m client.Mark
+		t time.Time
+	}
+	var pending []sample
+	var lats []time.Duration
+	var last client.Mark
+	lastMark := time.Now()
+	tick := time.NewTicker(100 * time.Microsecond)
+	defer tick.Stop()
+	for {
+		select {
+		case <-l.done:
+			l.out <- lats
+			return
+		case now := <-tick.C:
+			if now.Sub(lastMark) >= time.Millisecond {
+				if m := l.pub.Mark(); m != last {
+					pending = append(pending, sample{m, now})
+					last = m
+				}
+				lastMark = now
+			}
+			i := 0
+			for ; i < len(pending) && l.pub.Durable(pending[i].m); i++ {
+				lats = append(lats, now.Sub(pending[i].t))
+			}
+			pending = pending[i:]
+		}
+	}
+}
+
+// stop ends sampling and returns the median, the 99th percentile and the
+// number of samples.
+func (l *latencySampler) stop() (p50, p99 time.Duration, n int) {
+	close(l.done)
+	lats := <-l.out
+	if len(lats) == 0 {
+		return 0, 0, 0
+	}
+	slices.Sort(lats)
+	return lats[len(lats)/2], lats[min(len(lats)-1, len(lats)*99/100)], len(lats)
 }
