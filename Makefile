@@ -5,6 +5,8 @@ FLATC     ?= flatc
 FUZZTIME  ?= 5m
 BENCHCOUNT ?= 5
 BENCHOUT  ?= bench.out
+E2EBENCHCOUNT ?= 5
+E2EBENCHOUT ?= bench-e2e.out
 DEMOTIME  ?= 20s
 BIN       := bin
 
@@ -12,13 +14,13 @@ BIN       := bin
 FUZZ_TARGETS := schema:FuzzVerify shm:FuzzSegmentHeader shm:FuzzRingConsumer
 
 .DEFAULT_GOAL := help
-.PHONY: help build test fmt-check deps-check vet generate generate-check test-race test-allocs bench fuzz fuzz-list lint demo clean
+.PHONY: help build test fmt-check deps-check vet generate generate-check test-race test-allocs bench bench-e2e fuzz fuzz-list lint demo clean
 
 help: ## Show this help.
 	@echo "framebus — shared-memory message bus for multiprocess IoT gateways"
 	@echo
 	@echo "Targets:"
-	@grep -E '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/' | awk -F'\t' '{printf "  %-16s %s\n", $$1, $$2}'
+	@grep -E '^[a-zA-Z0-9_-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/' | awk -F'\t' '{printf "  %-16s %s\n", $$1, $$2}'
 	@echo
 	@echo "Variables: FUZZTIME=$(FUZZTIME) (per fuzz target), BENCHCOUNT=$(BENCHCOUNT), DEMOTIME=$(DEMOTIME)"
 
@@ -58,6 +60,10 @@ test-allocs: ## Allocation tests, without -race (its instrumentation allocates, 
 bench: ## Benchmarks (shm rings vs Unix socket, encoders); results into $(BENCHOUT) and a median table.
 	$(GO) test -run '^$$' -bench . -benchmem -count $(BENCHCOUNT) -timeout 60m ./shm ./schema ./wal | tee $(BENCHOUT)
 	$(GO) run ./cmd/benchreport < $(BENCHOUT)
+
+bench-e2e: ## End-to-end durable ingest (driver process → sidecar → WAL) vs embedded JetStream and the disk; $(E2EBENCHOUT) and ratios.
+	$(GO) test -run '^$$' -bench EndToEnd -count $(E2EBENCHCOUNT) -timeout 60m ./test | tee $(E2EBENCHOUT)
+	$(GO) run ./cmd/benchreport < $(E2EBENCHOUT)
 
 fuzz: ## Run every fuzz target for FUZZTIME each (seeds in */testdata/fuzz).
 	@set -e; for t in $(FUZZ_TARGETS); do \

@@ -48,7 +48,7 @@ var busCounter atomic.Uint64
 
 // bus is one bus instance's directories and name, all private to a test.
 type bus struct {
-	t      *testing.T
+	t      testing.TB
 	name   string
 	shmDir string
 	runDir string
@@ -56,7 +56,7 @@ type bus struct {
 	extra  []string // more `framebus run` flags
 }
 
-func newBus(t *testing.T, extra ...string) *bus {
+func newBus(t testing.TB, extra ...string) *bus {
 	base := t.TempDir()
 	b := &bus{t: t, name: fmt.Sprintf("e2e-%d-%d", os.Getpid(), busCounter.Add(1)),
 		shmDir: filepath.Join(base, "shm"), runDir: filepath.Join(base, "run"), walDir: filepath.Join(base, "wal"), extra: extra}
@@ -99,7 +99,7 @@ func (s *syncBuffer) String() string {
 	return s.b.String()
 }
 
-func start(t *testing.T, args ...string) *proc {
+func start(t testing.TB, args ...string) *proc {
 	t.Helper()
 	cmd := exec.Command(binary, args...)
 	p := &proc{cmd: cmd, out: &syncBuffer{}, done: make(chan struct{})}
@@ -123,7 +123,7 @@ func start(t *testing.T, args ...string) *proc {
 }
 
 // wait waits for the process to exit and returns its error.
-func (p *proc) wait(t *testing.T, timeout time.Duration) error {
+func (p *proc) wait(t testing.TB, timeout time.Duration) error {
 	t.Helper()
 	select {
 	case <-p.done:
@@ -166,7 +166,7 @@ func (b *bus) startSidecar() *proc {
 }
 
 // stop sends SIGTERM and expects a clean exit.
-func (p *proc) stop(t *testing.T) {
+func (p *proc) stop(t testing.TB) {
 	t.Helper()
 	p.cmd.Process.Signal(syscall.SIGTERM)
 	if err := p.wait(t, 90*time.Second); err != nil {
@@ -209,7 +209,7 @@ func (b *bus) walFrames() map[string][]uint64 {
 
 // checkExactlyOnce asserts that producer's frames are seq 0..n-1, each once,
 // in order.
-func checkExactlyOnce(t *testing.T, got map[string][]uint64, producer string, n int) {
+func checkExactlyOnce(t testing.TB, got map[string][]uint64, producer string, n int) {
 	t.Helper()
 	seqs := got[producer]
 	if len(seqs) != n {

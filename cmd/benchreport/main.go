@@ -1,7 +1,11 @@
 // Command benchreport reads `go test -bench` output on standard input and
 // prints markdown: the median of every metric of every benchmark over its
 // runs, and for each shared-memory ring throughput benchmark its ratio to the
-// Unix socket peer of the same record size measured in the same run.
+// Unix socket peer of the same record size measured in the same run. For the
+// end-to-end benchmark (EndToEnd/preset=P/sync=S) it prints framebus's
+// frames/s over the JetStream peer's at the same sync interval
+// (EndToEnd/peer=jetstream/sync=S) and its MB/s over the disk's
+// (EndToEnd/peer=disk).
 //
 //	go test -run '^$' -bench . -count 5 ./shm ./schema | go run ./cmd/benchreport
 package main
@@ -85,7 +89,10 @@ func format(v float64) string {
 	return fmt.Sprintf("%.2f", v)
 }
 
-var sizeRE = regexp.MustCompile(`size=(\d+)`)
+var (
+	sizeRE   = regexp.MustCompile(`size=(\d+)`)
+	presetRE = regexp.MustCompile(`^EndToEnd/preset=([^/]+)/sync=([^/]+)$`)
+)
 
 func main() {
 	benches, err := parse(os.Stdin)
@@ -140,5 +147,46 @@ func main() {
 		for _, r := range rows {
 			fmt.Println(r)
 		}
+	}
+	endToEnd(benches, byName)
+}
+
+// endToEnd prints the end-to-end ratios: framebus ÷ JetStream (frames/s, same
+// sync interval) and framebus ÷ disk (MB/s), each a ratio of two medians.
+func endToEnd(benches []*bench, byName map[string]*bench) {
+	var rows []string
+	disk := byName["EndToEnd/peer=disk"]
+	for _, b := range benches {
+		m := presetRE.FindStringSubmatch(b.name)
+		if m == nil {
+			continue
+		}
+		fps, mbps := median(b.metrics["frames/s"]), median(b.metrics["MB/s"])
+		p99 := "–"
+		if v, ok := b.metrics["p99-ms"]; ok {
+			p99 = format(median(v))
+		}
+		js := "–"
+		if j := byName["EndToEnd/peer=jetstream/sync="+m[2]]; j != nil {
+			if v := median(j.metrics["frames/s"]); v > 0 {
+				js = fmt.Sprintf("%s (%.2f×)", format(v), fps/v)
+			}
+		}
+		dk := "–"
+		if disk != nil {
+			if v := median(disk.metrics["MB/s"]); v > 0 {
+				dk = fmt.Sprintf("%s (%.0f %%)", format(v), 100*mbps/v)
+			}
+		}
+		rows = append(rows, fmt.Sprintf("| %s | %s | %s | %s | %s | %s | %s |", m[1], m[2], format(fps), format(mbps), p99, js, dk))
+	}
+	if len(rows) == 0 {
+		return
+	}
+	fmt.Println()
+	fmt.Println("| preset (medians) | wal_flush_ms | framebus frames/s | framebus MB/s | p99 publish→durable ms | JetStream frames/s, same sync (framebus ÷ JetStream) | disk MB/s (framebus ÷ disk) |")
+	fmt.Println("|---|---|---|---|---|---|---|")
+	for _, r := range rows {
+		fmt.Println(r)
 	}
 }
