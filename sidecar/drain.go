@@ -21,7 +21,12 @@ const idleWake = time.Second
 // nothing to do it sleeps on the segment's doorbell.
 func (s *Sidecar) drainLoop() {
 	defer close(s.drained)
-	d := &drainer{s: s, arena: make([]byte, 0, 1<<20)}
+	d := &drainer{s: s, arena: make([]byte, 0, 1<<20), spin: shm.DefaultSpin}
+	if s.cfg.HighPerformanceMode {
+		// Poll longer before sleeping: a producer that commits again
+		// within this time costs no futex wake-up on either side.
+		d.spin = highPerformanceSpin
+	}
 	lastHouse := time.Time{}
 	for {
 		s.applyReleases()
@@ -65,7 +70,7 @@ func (s *Sidecar) drainLoop() {
 			// that died without closing their socket). Every wake-up
 			// costs CPU in the runtime too, so idle means few of them.
 			ctx, cancel := context.WithTimeout(context.Background(), idleWake)
-			s.wake.Wait(ctx, shm.DefaultSpin, func() bool { return s.ringsVersion.Load() != ver || s.workPending(ps) })
+			s.wake.Wait(ctx, d.spin, func() bool { return s.ringsVersion.Load() != ver || s.workPending(ps) })
 			cancel()
 		}
 	}
@@ -140,8 +145,12 @@ type drainer struct {
 	s         *Sidecar
 	frames    []wal.Frame
 	arena     []byte
-	queueFull bool // a ring's batch did not fit the WAL's memory queue this pass
+	queueFull bool          // a ring's batch did not fit the WAL's memory queue this pass
+	spin      time.Duration // how long an idle pass polls before it sleeps
 }
+
+// highPerformanceSpin is the idle poll of high_performance_mode.
+const highPerformanceSpin = 200 * time.Microsecond
 
 // drainRing moves one batch of ring p into the WAL and returns how many
 // records it took.
@@ -214,15 +223,17 @@ func (d *drainer) drainRing(p *producer) int {
 // drivers, and retires and frees the rings of drivers that are gone.
 func (s *Sidecar) housekeeping(ps []*producer) {
 	c := s.cfg
-	// Global PAUSE on the WAL's queue (it grows while commits fail).
-	_, pend := s.wal.Pending()
-	limit := float64(c.MaxMemoryBytes)
-	if float64(pend) >= c.BackpressureThreshold*limit {
+	// Global PAUSE on the WAL's write queue (it grows while commits fail
+	// or the disk falls behind): its fill is the larger of its byte and
+	// frame fills.
+	frames, pend := s.wal.Pending()
+	fill := max(float64(pend)/float64(c.MaxMemoryBytes), float64(frames)/float64(c.AsyncWriteQueueSize))
+	if fill >= c.BackpressureThreshold {
 		if s.seg.Flags()&shm.FlagPause == 0 {
-			s.log.Warn("WAL queue above the backpressure threshold: pausing producers", "pending_bytes", pend)
+			s.log.Warn("WAL write queue above the backpressure threshold: pausing producers", "pending_bytes", pend, "pending_frames", frames)
 		}
 		s.seg.SetFlags(shm.FlagPause)
-	} else if s.seg.Flags()&shm.FlagPause != 0 && float64(pend) < c.ResumeLo*c.BackpressureThreshold*limit {
+	} else if s.seg.Flags()&shm.FlagPause != 0 && fill < c.ResumeLo {
 		s.seg.ClearFlags(shm.FlagPause)
 		s.log.Info("WAL queue drained: producers resume")
 		for _, p := range ps {
