@@ -42,7 +42,7 @@ func (s *Sidecar) drainLoop() {
 		if d.queueFull {
 			// The WAL cannot take more (its commits fail): the frames
 			// wait in their rings; look again shortly, not in a loop.
-			s.housekeeping(ps)
+			s.housekeeping(ps, true)
 			select {
 			case <-s.drainReq:
 				s.finalDrain()
@@ -52,7 +52,7 @@ func (s *Sidecar) drainLoop() {
 			continue
 		}
 		if now := time.Now(); total == 0 || now.Sub(lastHouse) > 10*time.Millisecond {
-			s.housekeeping(ps)
+			s.housekeeping(ps, false)
 			lastHouse = now
 		}
 		select {
@@ -221,13 +221,20 @@ func (d *drainer) drainRing(p *producer) int {
 
 // housekeeping runs the backpressure controller, reports rejections to
 // drivers, and retires and frees the rings of drivers that are gone.
-func (s *Sidecar) housekeeping(ps []*producer) {
+//
+// queueFull says that a batch did not fit the WAL's write queue in this
+// pass: the queue counts as full whatever its fill (one batch can be most of
+// it), so PAUSE stays up until the queue has really drained.
+func (s *Sidecar) housekeeping(ps []*producer, queueFull bool) {
 	c := s.cfg
 	// Global PAUSE on the WAL's write queue (it grows while commits fail
 	// or the disk falls behind): its fill is the larger of its byte and
 	// frame fills.
 	frames, pend := s.wal.Pending()
 	fill := max(float64(pend)/float64(c.MaxMemoryBytes), float64(frames)/float64(c.AsyncWriteQueueSize))
+	if queueFull {
+		fill = 1
+	}
 	if fill >= c.BackpressureThreshold {
 		if s.seg.Flags()&shm.FlagPause == 0 {
 			s.log.Warn("WAL write queue above the backpressure threshold: pausing producers", "pending_bytes", pend, "pending_frames", frames)
