@@ -293,14 +293,14 @@ func (p *Publisher) PublishKind(ctx context.Context, kind schema.Kind, frame []b
 	}
 	for {
 		if p.paused() {
-			if done, err := p.pushBack(ctx, len(frame), 1); done {
+			if done, err := p.pushBack(ctx, len(frame), 1, shm.DropPaused); done {
 				return err
 			}
 			continue
 		}
 		cl, err := p.prod.Claim(uint16(kind), len(frame))
 		if errors.Is(err, shm.ErrFull) {
-			if done, err := p.pushBack(ctx, len(frame), 1); done {
+			if done, err := p.pushBack(ctx, len(frame), 1, shm.DropRingFull); done {
 				return err
 			}
 			continue
@@ -342,14 +342,14 @@ func (p *Publisher) PublishBatch(ctx context.Context, frames [][]byte) error {
 		}
 		p.mu.sizes = sizes
 		if p.paused() {
-			if done, err := p.pushBack(ctx, total, len(frames)); done {
+			if done, err := p.pushBack(ctx, total, len(frames), shm.DropPaused); done {
 				return err
 			}
 			continue
 		}
 		b, err := p.prod.ClaimBatch(uint16(schema.KindData), sizes)
 		if errors.Is(err, shm.ErrFull) {
-			if done, err := p.pushBack(ctx, total, len(frames)); done {
+			if done, err := p.pushBack(ctx, total, len(frames), shm.DropRingFull); done {
 				return err
 			}
 			continue
@@ -370,10 +370,11 @@ func (p *Publisher) PublishBatch(ctx context.Context, frames [][]byte) error {
 
 // pushBack applies the policy when the frame cannot go in now. done says
 // whether Publish returns (with err); otherwise it tries again.
-func (p *Publisher) pushBack(ctx context.Context, n, frames int) (done bool, err error) {
+func (p *Publisher) pushBack(ctx context.Context, n, frames int, reason shm.DropReason) (done bool, err error) {
 	switch p.cfg.Policy {
 	case PolicyDropNewest:
 		p.dropped.Add(uint64(frames))
+		p.ring.AddDropped(reason, uint64(frames))
 		return true, nil
 	case PolicyError:
 		return true, ErrBackpressure

@@ -76,7 +76,8 @@
 //	│ read u64      MPMC consumers │ line 2
 //	│ space event   seq │ waiters  │ line 3
 //	│ data event    seq │ waiters  │ line 4
-//	│ reserved                     │ lines 5-7
+//	│ dropped u64 ×2 (full, paused)│ line 5   producer counts its drops
+//	│ reserved                     │ lines 6-7
 //	└──────────────────────────────┘
 //
 // Records are 8-byte aligned and start with an 8-byte header that is loaded

@@ -98,6 +98,7 @@ const (
 	rcRead    = 2 * lineSize // uint64 MPMC consumer claim position
 	rcSpaceEv = 3 * lineSize // Event: producers waiting for space
 	rcDataEv  = 4 * lineSize // Event: consumers waiting for data (NotifyRing)
+	rcDropped = 5 * lineSize // [2]uint64 frames the producer dropped: ring full, paused
 	// RingControlSize is the size of a ring's control block; the data area
 	// follows it.
 	RingControlSize = 8 * lineSize

@@ -747,3 +747,40 @@ func (r *Ring) Generation() uint64 { return r.gen }
 // Owner returns the owner recorded in the ring's directory slot when the
 // Ring was opened.
 func (r *Ring) Owner() Owner { return r.owner }
+
+// DropReason says why a producer dropped a record instead of publishing it.
+type DropReason int
+
+// Drop reasons.
+const (
+	DropRingFull DropReason = iota // no room in the ring
+	DropPaused                     // the sidecar raised PAUSE
+	numDropReasons
+)
+
+func (d DropReason) String() string {
+	switch d {
+	case DropRingFull:
+		return "ring_full"
+	case DropPaused:
+		return "paused"
+	}
+	return "unknown"
+}
+
+// AddDropped counts n records the producer dropped for reason, in the ring's
+// control block, where the sidecar's metrics read it: a drop happens in the
+// driver, but is counted where operators look.
+func (r *Ring) AddDropped(reason DropReason, n uint64) {
+	if reason >= 0 && reason < numDropReasons {
+		u64At(r.ctl, rcDropped+8*int(reason)).Add(n)
+	}
+}
+
+// Dropped returns the records the producer counted as dropped for reason.
+func (r *Ring) Dropped(reason DropReason) uint64 {
+	if reason < 0 || reason >= numDropReasons {
+		return 0
+	}
+	return u64At(r.ctl, rcDropped+8*int(reason)).Load()
+}

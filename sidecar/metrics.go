@@ -118,6 +118,7 @@ var (
 	descRingUsed     = prometheus.NewDesc("framebus_ring_used_bytes", "Bytes of a ring between the sidecar's released position and the producer's tail.", []string{"producer", "slot"}, nil)
 	descRingCap      = prometheus.NewDesc("framebus_ring_capacity_bytes", "Data capacity of a ring.", []string{"producer", "slot"}, nil)
 	descPublished    = prometheus.NewDesc("framebus_frames_published_total", "Frames drained from a producer's ring into the WAL.", []string{"producer", "slot"}, nil)
+	descDropped      = prometheus.NewDesc("framebus_frames_dropped_total", "Frames a driver dropped under its drop-newest policy, by reason, as counted by the driver in its ring.", []string{"producer", "slot", "reason"}, nil)
 	descProdRejected = prometheus.NewDesc("framebus_producer_frames_rejected_total", "Frames of a producer that failed verification.", []string{"producer", "slot"}, nil)
 	descProducers    = prometheus.NewDesc("framebus_producers", "Rings by state of their driver.", []string{"state"}, nil)
 	descPaused       = prometheus.NewDesc("framebus_paused", "1 while the global PAUSE flag is raised.", nil, nil)
@@ -130,7 +131,7 @@ var (
 )
 
 func (c stateCollector) Describe(ch chan<- *prometheus.Desc) {
-	for _, d := range []*prometheus.Desc{descRingUsed, descRingCap, descPublished, descProdRejected, descProducers, descPaused,
+	for _, d := range []*prometheus.Desc{descRingUsed, descRingCap, descPublished, descDropped, descProdRejected, descProducers, descPaused,
 		descRingPaused, descDegraded, descBacklog, descBacklogBytes, descDurable, descWALBytes} {
 		ch <- d
 	}
@@ -146,6 +147,9 @@ func (c stateCollector) Collect(ch chan<- prometheus.Metric) {
 		ch <- prometheus.MustNewConstMetric(descRingCap, prometheus.GaugeValue, float64(p.ring.Capacity()), p.name, slot)
 		ch <- prometheus.MustNewConstMetric(descPublished, prometheus.CounterValue, float64(p.published.Load()), p.name, slot)
 		ch <- prometheus.MustNewConstMetric(descProdRejected, prometheus.CounterValue, float64(p.rejected.Load()), p.name, slot)
+		for _, r := range []shm.DropReason{shm.DropRingFull, shm.DropPaused} {
+			ch <- prometheus.MustNewConstMetric(descDropped, prometheus.CounterValue, float64(p.ring.Dropped(r)), p.name, slot, r.String())
+		}
 		states[stateName(p.getState())]++
 		if s.seg.RingFlags(p.slot)&shm.FlagPause != 0 {
 			paused++

@@ -76,6 +76,22 @@ func TestClientPolicies(t *testing.T) {
 	if s.Segment().Flags()&shm.FlagPause == 0 && s.Segment().RingFlags(pdrop.Slot())&shm.FlagPause == 0 {
 		t.Log("pushed back by a full ring without a PAUSE flag")
 	}
+	// The drops are visible in the sidecar's metrics, by reason.
+	var dropped float64
+	mfs, err := s.m.reg.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, mf := range mfs {
+		if mf.GetName() == "framebus_frames_dropped_total" {
+			for _, m := range mf.GetMetric() {
+				dropped += m.GetCounter().GetValue()
+			}
+		}
+	}
+	if uint64(dropped) != pdrop.Stats().Dropped {
+		t.Fatalf("framebus_frames_dropped_total sums to %v, the driver dropped %d", dropped, pdrop.Stats().Dropped)
+	}
 	bctx, bcancel := context.WithTimeout(ctx, 200*time.Millisecond)
 	err = pblock.Publish(bctx, frame("block", 0))
 	bcancel()
