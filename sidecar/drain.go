@@ -156,6 +156,7 @@ const highPerformanceSpin = 200 * time.Microsecond
 // records it took.
 func (d *drainer) drainRing(p *producer) int {
 	s := d.s
+	t0 := time.Now()
 	d.frames = d.frames[:0]
 	d.arena = d.arena[:0]
 	start := p.cons.ReadPos()
@@ -192,7 +193,7 @@ func (d *drainer) drainRing(p *producer) int {
 		return n
 	}
 	if len(d.frames) > 0 {
-		t0 := time.Now()
+		t1 := time.Now()
 		// Frames and the ring's new read position go into the same WAL
 		// transaction: a restarted sidecar resumes exactly after them.
 		if _, err := s.wal.AppendFrom(p.key, end, d.frames...); err != nil {
@@ -209,7 +210,8 @@ func (d *drainer) drainRing(p *producer) int {
 			d.queueFull = true
 			return 0
 		}
-		s.m.batchSend.Observe(time.Since(t0).Seconds())
+		s.m.batchSend.Observe(time.Since(t1).Seconds())
+		s.m.batchFlush.Observe(time.Since(t0).Seconds())
 		s.m.batchSize.Observe(float64(len(d.frames)))
 		p.published.Add(uint64(len(d.frames)))
 		return n

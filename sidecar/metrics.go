@@ -33,6 +33,7 @@ type metrics struct {
 	walFlush       prometheus.Histogram
 	batchSize      prometheus.Histogram
 	batchSend      prometheus.Histogram
+	batchFlush     prometheus.Histogram
 	committed      prometheus.Counter
 	committedBytes prometheus.Counter
 }
@@ -64,6 +65,9 @@ func newMetrics(s *Sidecar) *metrics {
 		[]float64{1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000})
 	m.batchSend = h("framebus_batch_send_duration_seconds", "Time to append one drained batch to the WAL queue.",
 		[]float64{0.00001, 0.00005, 0.0001, 0.0005, 0.001, 0.005, 0.01})
+	// The seed's batch flush buckets: 0.01 … 25 ms.
+	m.batchFlush = h("framebus_batch_flush_duration_seconds", "Time to drain one batch from a ring: poll, copy, verify and append to the WAL queue.",
+		[]float64{0.00001, 0.00005, 0.0001, 0.0005, 0.001, 0.005, 0.01, 0.025})
 	m.reg.MustRegister(stateCollector{s})
 	m.reg.MustRegister(prometheus.NewGoCollector(), prometheus.NewProcessCollector(prometheus.ProcessCollectorOpts{}))
 	return m
@@ -127,12 +131,14 @@ var (
 	descBacklog      = prometheus.NewDesc("framebus_backlog_frames", "Frames appended to the WAL but not yet durable.", nil, nil)
 	descBacklogBytes = prometheus.NewDesc("framebus_batch_memory_bytes", "Bytes of frames queued in memory for the WAL.", nil, nil)
 	descDurable      = prometheus.NewDesc("framebus_wal_durable_sequence", "Highest WAL sequence committed (the durable watermark).", nil, nil)
+	descLagFrames    = prometheus.NewDesc("framebus_durable_lag_frames", "Frames appended to the WAL but not yet committed (WAL sequence minus the durable watermark).", nil, nil)
+	descLagSeconds   = prometheus.NewDesc("framebus_durable_lag_seconds", "While frames wait for a commit: time since the durable watermark last advanced; 0 when everything appended is durable.", nil, nil)
 	descWALBytes     = prometheus.NewDesc("framebus_wal_bytes", "Frame bytes stored in the WAL after retention.", nil, nil)
 )
 
 func (c stateCollector) Describe(ch chan<- *prometheus.Desc) {
 	for _, d := range []*prometheus.Desc{descRingUsed, descRingCap, descPublished, descDropped, descProdRejected, descProducers, descPaused,
-		descRingPaused, descDegraded, descBacklog, descBacklogBytes, descDurable, descWALBytes} {
+		descRingPaused, descDegraded, descBacklog, descBacklogBytes, descDurable, descLagFrames, descLagSeconds, descWALBytes} {
 		ch <- d
 	}
 }
@@ -165,7 +171,14 @@ func (c stateCollector) Collect(ch chan<- prometheus.Metric) {
 	frames, bytes := s.wal.Pending()
 	ch <- prometheus.MustNewConstMetric(descBacklog, prometheus.GaugeValue, float64(frames))
 	ch <- prometheus.MustNewConstMetric(descBacklogBytes, prometheus.GaugeValue, float64(bytes))
-	ch <- prometheus.MustNewConstMetric(descDurable, prometheus.GaugeValue, float64(s.wal.Durable()))
+	durable, last := s.wal.Durable(), s.wal.LastSeq()
+	ch <- prometheus.MustNewConstMetric(descDurable, prometheus.GaugeValue, float64(durable))
+	lagSeconds := 0.0
+	if last > durable {
+		lagSeconds = time.Since(time.Unix(0, s.lastDurable.Load())).Seconds()
+	}
+	ch <- prometheus.MustNewConstMetric(descLagFrames, prometheus.GaugeValue, float64(last-min(durable, last)))
+	ch <- prometheus.MustNewConstMetric(descLagSeconds, prometheus.GaugeValue, lagSeconds)
 	ch <- prometheus.MustNewConstMetric(descWALBytes, prometheus.GaugeValue, float64(s.wal.Stats().StoredBytes))
 }
 

@@ -13,6 +13,7 @@ import (
 	"strings"
 	"sync"
 	"sync/atomic"
+	"time"
 
 	"golang.org/x/sys/unix"
 
@@ -48,6 +49,7 @@ type Sidecar struct {
 	// ringsVersion changes whenever a ring is added: the drain loop,
 	// asleep with its list of rings, must take a new one.
 	ringsVersion atomic.Uint64
+	lastDurable  atomic.Int64  // Unix ns of the last commit that advanced the watermark
 	drainReq     chan struct{} // closed to ask the drain loop to finish
 	drained      chan struct{} // closed when the drain loop has finished
 	conns        sync.WaitGroup
@@ -106,6 +108,7 @@ func newSidecar(cfg Config, log *slog.Logger, hooks *wal.Hooks) (*Sidecar, error
 		log = slog.Default()
 	}
 	s := &Sidecar{cfg: cfg, log: log, uid: os.Getuid(), gid: -1, drainReq: make(chan struct{}), drained: make(chan struct{})}
+	s.lastDurable.Store(time.Now().UnixNano())
 	s.mu.producers = map[int]*producer{}
 	s.mu.releases = map[string]uint64{}
 	ok := false
@@ -326,6 +329,7 @@ func (s *Sidecar) onCommit(c wal.Commit) {
 	}
 	if c.LastSeq > s.mu.durable {
 		s.mu.durable = c.LastSeq
+		s.lastDurable.Store(time.Now().UnixNano())
 	}
 	s.mu.Unlock()
 	if s.seg.Flags()&shm.FlagDegraded != 0 {

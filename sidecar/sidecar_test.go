@@ -193,8 +193,9 @@ func TestMetricsLint(t *testing.T) {
 	for _, p := range problems {
 		t.Errorf("metric %s: %s", p.Metric, p.Text)
 	}
-	n, err := testutil.GatherAndCount(s.m.reg, "framebus_frames_rejected_total", "framebus_frames_published_total", "framebus_ring_used_bytes")
-	if err != nil || n < 3 {
+	n, err := testutil.GatherAndCount(s.m.reg, "framebus_frames_rejected_total", "framebus_frames_published_total", "framebus_ring_used_bytes",
+		"framebus_frames_dropped_total", "framebus_durable_lag_frames", "framebus_durable_lag_seconds", "framebus_batch_flush_duration_seconds")
+	if err != nil || n < 7 {
 		t.Fatalf("expected metrics missing: %d series, %v", n, err)
 	}
 	if got := testutil.ToFloat64(s.m.rejected); got != 1 {
