@@ -20,7 +20,7 @@
 //	  0        4       5       6          8            12           16             24
 //	  +--------+-------+-------+----------+------------+------------+--------------+
 //	  | "FBWS" | vers  | flags | hdr size | count      | crc32c     | newest ns    |
-//	  | magic  | u8 =1 | u8 =0 | u16 = 24 | u32 frames | u32        | i64 commit   |
+//	  | magic  | u8 =1 | u8 0/1| u16 = 24 | u32 frames | u32        | i64 commit   |
 //	  +--------+-------+-------+----------+------------+------------+--------------+
 //	  | frame 0: len u32 | kind u16 | data [len]byte                               |
 //	  | frame 1: len u32 | kind u16 | data [len]byte                               |
@@ -29,16 +29,33 @@
 //
 // Value integers are little-endian; frame i has sequence number key+i;
 // "newest ns" is when the segment's newest frame was committed. The CRC32C
-// (Castagnoli) covers the frame area, the header without the CRC field,
-// and the key. flags is reserved (compression) and must be zero. A frame
-// larger than a segment gets a segment of its own. segment.go defines the
-// constants.
+// (Castagnoli) covers the stored bytes after the header, the header without
+// the CRC field, and the key. flags is 0, or 0x01 when the frame area is
+// stored S2-compressed (s2.Encode, the S2 block format: see Compression);
+// the other bits are reserved and must be zero. A frame larger than a
+// segment gets a segment of its own. segment.go defines the constants.
 //
 // A segment is sized so that two of them and bbolt's per-value overhead
 // (16-byte element, 8-byte key, half the page header: 32 bytes) fill a
 // 16 KiB page exactly: a value holds at most SegmentBytes − 32 bytes.
 // bbolt puts at least two keys in a node, so half-page segments waste
 // nothing, where 8 KiB values would take a page each.
+//
+// # Compression
+//
+// With Options.Compress, the writer stores a segment's frame area as
+// s2.Encode of it and sets flags 0x01, when that is smaller (a frame area
+// that does not shrink, or is over 64 MiB, is stored as it is, flags 0).
+// The CRC32C then covers the compressed bytes, so a check needs no
+// decompression. The open segment, re-put by every commit, is compressed
+// whole each time (it is at most a segment). Readers accept both forms in
+// any mix whatever Options.Compress says, decompressing into a reused
+// buffer; a compressed value whose declared decoded length is over 64 MiB,
+// or too short for its frame count, is corrupt. Stored bytes, footprint
+// and retention count the stored (compressed) value lengths; a compressed
+// segment still counts SegmentBytes of footprint (see Retention), so
+// compression reduces the bytes written, not the number of segments the
+// retention bound keeps.
 //
 // # Writing: one writer, one transaction per group commit
 //
@@ -154,7 +171,9 @@
 //   - Commits are serialised on the disk: at saturation a commit holds up
 //     to MaxBatchBytes and takes as long as writing it (8 MiB ≈ 40 ms at
 //     200 MB/s), which is the durable latency then.
-//   - Segments are not compressed; the flags byte is reserved for it.
+//   - Compression is off by default (Options.Compress); it costs the
+//     writer goroutine an S2 encode of every put (the open segment's
+//     whole frame area on every commit), and Iterate a decode per segment.
 //   - A position's source name is 1 to 1024 bytes (SetPosition panics
 //     otherwise: the names are the sidecar's own).
 package wal

@@ -30,6 +30,7 @@ const (
 func (w *WAL) Iterate(from uint64, fn func(seq uint64, f Frame) error) error {
 	next := max(from, 1)
 	end := w.durable.Load()
+	var scratch []byte // decompressed segments, reused
 	for {
 		if w.isClosed() {
 			return ErrClosed
@@ -40,7 +41,7 @@ func (w *WAL) Iterate(from uint64, fn func(seq uint64, f Frame) error) error {
 		var done bool
 		err := w.db.View(func(tx *bolt.Tx) error {
 			var err error
-			done, err = iterChunk(tx, &next, end, fn)
+			done, err = iterChunk(tx, &next, end, &scratch, fn)
 			return err
 		})
 		if errors.Is(err, berrors.ErrDatabaseNotOpen) {
@@ -54,7 +55,7 @@ func (w *WAL) Iterate(from uint64, fn func(seq uint64, f Frame) error) error {
 
 // iterChunk delivers frames from *next up to end within one read
 // transaction, advancing *next; done reports that no frame is left.
-func iterChunk(tx *bolt.Tx, next *uint64, end uint64, fn func(uint64, Frame) error) (done bool, err error) {
+func iterChunk(tx *bolt.Tx, next *uint64, end uint64, scratch *[]byte, fn func(uint64, Frame) error) (done bool, err error) {
 	c := tx.Bucket(bucketSegments).Cursor()
 	k, v := seekSegment(c, *next)
 	start := time.Now()
@@ -71,6 +72,9 @@ func iterChunk(tx *bolt.Tx, next *uint64, end uint64, fn func(uint64, Frame) err
 			return false, err
 		}
 		if key+uint64(h.count) > *next {
+			if v, err = decodeSegment(key, v, h, scratch); err != nil {
+				return false, err
+			}
 			from := *next
 			err := walkSegment(key, v, h, func(seq uint64, kind uint16, data []byte) error {
 				if seq < from || seq > end {

@@ -83,6 +83,16 @@ type Options struct {
 	// failure or kernel crash. For tests and benchmarks that say so only.
 	NoSync bool
 
+	// Compress stores each segment's frame area S2-compressed (flags 0x01
+	// in the segment header; see segment.go) when that makes it smaller,
+	// trading writer CPU for fewer bytes written to the file. Values that
+	// do not shrink, and frame areas over 64 MiB, are stored as they are.
+	// Readers (Open, Iterate, Verify, ReadStats) accept both forms
+	// whatever this says, so it may be switched between runs. Stats and
+	// retention count stored (compressed) value lengths. Zero (false)
+	// means off.
+	Compress bool
+
 	// OnCommit, if set, is called by the writer goroutine after each
 	// successful commit (the durability point), in commit order. It runs
 	// on the writer's time: keep it short (publish the watermark, wake

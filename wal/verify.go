@@ -23,7 +23,7 @@ type Report struct {
 	Segments    int64
 	Frames      uint64
 	Bytes       int64 // frame data bytes
-	StoredBytes int64 // segment value bytes (what MaxBytes bounds)
+	StoredBytes int64 // segment value bytes as stored (compressed or not)
 	FirstSeq    uint64
 	LastSeq     uint64
 	Positions   int
@@ -92,6 +92,7 @@ func Verify(dir string) (Report, error) {
 			return nil
 		}
 		var next uint64 // expected key of the next segment; 0 before the first
+		var scratch []byte
 		c := sb.Cursor()
 		for k, v := c.First(); k != nil; k, v = c.Next() {
 			key, ok := keySeq(k)
@@ -101,7 +102,7 @@ func Verify(dir string) (Report, error) {
 			}
 			r.Segments++
 			r.StoredBytes += int64(len(v))
-			count, data, err := checkSegment(key, v)
+			count, data, err := checkSegmentBuf(key, v, &scratch)
 			if err != nil {
 				r.problem("%v", strings.TrimPrefix(err.Error(), "wal: "))
 				next = 0 // its count is unknown: resynchronise on the next key
@@ -177,6 +178,7 @@ func ReadStats(dir string) (FileStats, error) {
 		if sb == nil {
 			return fmt.Errorf("%w: no segments bucket", ErrCorrupt)
 		}
+		var scratch []byte
 		c := sb.Cursor()
 		for k, v := c.First(); k != nil; k, v = c.Next() {
 			key, ok := keySeq(k)
@@ -185,6 +187,9 @@ func ReadStats(dir string) (FileStats, error) {
 			}
 			h, err := parseSegment(key, v)
 			if err != nil {
+				return err
+			}
+			if v, err = decodeSegment(key, v, h, &scratch); err != nil {
 				return err
 			}
 			err = walkSegment(key, v, h, func(seq uint64, kind uint16, data []byte) error {

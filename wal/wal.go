@@ -199,9 +199,10 @@ type segment struct {
 	cutCount uint32
 
 	// Owned by the writer.
-	doneLen int    // len(buf) as last stored; 0 if never stored
-	bodyCRC uint32 // CRC32C of buf[segHeaderSize:crcLen]
-	crcLen  int
+	doneLen   int    // len(buf) as last stored; 0 if never stored
+	storedLen int    // length of the value last stored (compressed or not); 0 if never
+	bodyCRC   uint32 // CRC32C of buf[segHeaderSize:crcLen]
+	crcLen    int
 }
 
 // Open opens the WAL in opts.Dir, creating the directory and the file if

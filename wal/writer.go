@@ -6,6 +6,7 @@ import (
 	"hash/crc32"
 	"time"
 
+	"github.com/klauspost/compress/s2"
 	bolt "go.etcd.io/bbolt"
 )
 
@@ -27,15 +28,21 @@ type batch struct {
 	use           usage
 	first         uint64
 	retSegs, retN uint64
+
+	// cbufs[i] holds the compressed value of refs[i] with Compress: bbolt
+	// keeps a Put value until the transaction ends, so each ref has its own.
+	cbufs [][]byte
 }
 
 // segRef is a segment as seen at the snapshot: buf is its bytes then.
 type segRef struct {
-	s     *segment
-	buf   []byte
-	count uint32
-	crc   uint32 // tentative bodyCRC of buf
-	put   bool   // written by this commit
+	s         *segment
+	buf       []byte
+	count     uint32
+	crc       uint32 // tentative bodyCRC of buf[segHeaderSize:crcLen]
+	crcLen    int
+	storedLen int  // length of the value put
+	put       bool // written by this commit
 }
 
 // run is the writer goroutine: it commits when the oldest change is
@@ -219,21 +226,28 @@ func (w *WAL) write(tx *bolt.Tx, b *batch, now time.Time) error {
 		if len(r.buf) == s.doneLen {
 			continue // the open segment had nothing new
 		}
-		r.crc = s.bodyCRC
-		if from := max(s.crcLen, segHeaderSize); from < len(r.buf) {
-			r.crc = crc32.Update(r.crc, castagnoli, r.buf[from:])
+		r.crc, r.crcLen = s.bodyCRC, s.crcLen
+		v := w.compressed(b, i, r, nowNs)
+		if v == nil {
+			// Stored as it is: the CRC of the frame area is extended
+			// over what was appended since the last put.
+			if from := max(s.crcLen, segHeaderSize); from < len(r.buf) {
+				r.crc = crc32.Update(r.crc, castagnoli, r.buf[from:])
+			}
+			r.crcLen = len(r.buf)
+			writeHeader(r.buf, s.first, r.count, nowNs, r.crc)
+			v = r.buf
 		}
-		writeHeader(r.buf, s.first, r.count, nowNs, r.crc)
-		if err := sb.Put(s.key[:], r.buf); err != nil {
+		if err := sb.Put(s.key[:], v); err != nil {
 			return fmt.Errorf("put segment %d: %w", s.first, err)
 		}
-		r.put = true
-		b.use.stored += int64(len(r.buf) - s.doneLen)
-		b.use.footprint += w.footprint(len(r.buf))
+		r.put, r.storedLen = true, len(v)
+		b.use.stored += int64(len(v) - s.storedLen)
+		b.use.footprint += w.footprint(len(v))
 		if s.doneLen == 0 {
 			b.use.segments++
 		} else {
-			b.use.footprint -= w.footprint(s.doneLen)
+			b.use.footprint -= w.footprint(s.storedLen)
 		}
 	}
 
@@ -278,12 +292,45 @@ func (w *WAL) write(tx *bolt.Tx, b *batch, now time.Time) error {
 	return nil
 }
 
+// compressed returns the value to store for refs[i] S2-compressed, header
+// included, in b.cbufs[i]; or nil if Compress is off or compression would
+// not make the value smaller (or its frame area is over maxDecodedLen).
+// The whole frame area is compressed on every put: an open segment is
+// re-put by every commit, and it is at most a segment long.
+func (w *WAL) compressed(b *batch, i int, r *segRef, nowNs int64) []byte {
+	area := r.buf[segHeaderSize:]
+	if !w.opts.Compress || len(area) > maxDecodedLen {
+		return nil
+	}
+	for len(b.cbufs) <= i {
+		b.cbufs = append(b.cbufs, nil)
+	}
+	need := segHeaderSize + s2.MaxEncodedLen(len(area))
+	cb := b.cbufs[i]
+	if cap(cb) < need {
+		cb = make([]byte, need)
+		// Keep standard-sized buffers for the next commits; a large
+		// segment's buffer is dropped after this commit.
+		if len(area) <= w.segLimit {
+			b.cbufs[i] = cb
+		}
+	}
+	enc := s2.Encode(cb[segHeaderSize:need], area)
+	if len(enc) >= len(area) {
+		return nil
+	}
+	v := cb[:segHeaderSize+len(enc)]
+	writeHeaderFlags(v, r.s.first, r.count, nowNs, crc32.Checksum(enc, castagnoli), flagS2)
+	return v
+}
+
 // succeeded applies a committed batch: releases the segments stored whole,
 // publishes the watermark and positions, calls OnCommit, wakes Flush.
 func (w *WAL) succeeded(b *batch, dur time.Duration) {
 	for i := range b.refs {
 		if r := &b.refs[i]; r.put {
-			r.s.doneLen, r.s.bodyCRC, r.s.crcLen = len(r.buf), r.crc, len(r.buf)
+			r.s.doneLen, r.s.storedLen = len(r.buf), r.storedLen
+			r.s.bodyCRC, r.s.crcLen = r.crc, r.crcLen
 		}
 	}
 	w.wr.use, w.wr.first = b.use, b.first
