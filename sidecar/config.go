@@ -78,6 +78,12 @@ type Config struct {
 	// means no age limit (and is the default). A bare integer other than 0
 	// is refused: write a unit ("72h", "7d").
 	WALMaxAge Duration
+	// WALCompression (wal_compression) compresses WAL segments: "s2"
+	// (github.com/klauspost/compress/s2; gateway frames are repetitive and
+	// shrink several times, which lifts durable throughput past the disk's
+	// bandwidth) or "none". Zero means s2. A WAL may hold both kinds;
+	// readers handle either.
+	WALCompression string
 
 	// BackpressureThreshold (backpressure_threshold) is the fill of the WAL
 	// write queue at which the sidecar raises the global PAUSE flag; it
@@ -230,6 +236,7 @@ func (c *Config) ensureDefaults(getenv func(string) string, uid int) {
 	setIfZero(&c.MaxRings, p.MaxRings)
 	setIfZero(&c.LogLevel, p.LogLevel)
 	setIfZero(&c.LogFormat, p.LogFormat)
+	setIfZero(&c.WALCompression, p.WALCompression)
 	c.deriveSizes()
 	if len(c.AllowUIDs) == 0 {
 		c.AllowUIDs = nil
@@ -477,6 +484,9 @@ func (c *Config) Validate() error {
 	if !slices.Contains([]string{"debug", "info", "warn", "error"}, c.LogLevel) {
 		add("log_level (%q) is unknown: choose debug, info, warn or error", c.LogLevel)
 	}
+	if !slices.Contains([]string{"s2", "none"}, c.WALCompression) {
+		add("wal_compression (%q) is unknown: choose s2 or none", c.WALCompression)
+	}
 	if !slices.Contains([]string{"text", "json"}, c.LogFormat) {
 		add("log_format (%q) is unknown: choose text or json", c.LogFormat)
 	}
@@ -591,6 +601,9 @@ var configKeys = []configKey{
 	{key: "wal_max_age", group: groupWAL, arg: "DURATION", kind: kindAge, def: "0 (no age limit)",
 		help: `segments older than this are deleted ("72h", "7d"); 0 = no age limit`,
 		ptr:  func(c *Config) any { return &c.WALMaxAge }},
+	{key: "wal_compression", group: groupWAL, arg: "ALGO", kind: kindEnum, def: `"s2"`,
+		help: "compression of WAL segments: s2 or none",
+		ptr:  func(c *Config) any { return &c.WALCompression }},
 
 	{key: "backpressure_threshold", group: groupBackp, arg: "FRACTION", kind: kindFraction,
 		help: `WAL write-queue fill that raises the global PAUSE (0.9 or "90%")`,

@@ -65,7 +65,7 @@ func TestPresetValues(t *testing.T) {
 	common := Config{
 		Name: "default", ShmDir: "/dev/shm", MetricsAddr: "127.0.0.1:9464",
 		MaxBatchSize: 2000, BatchFlush: cfgMs(1), MaxMemoryBytes: 8 << 20,
-		MaxRings: 64, LogLevel: "info", LogFormat: "text",
+		MaxRings: 64, LogLevel: "info", LogFormat: "text", WALCompression: "s2",
 	}
 	// header 8 KiB + 64 directory slots (16 KiB) + 8 × (ring + 4 KiB control page)
 	shmFor := func(ring int64) int64 { return 8<<10 + 16<<10 + 8*(ring+4<<10) }

@@ -99,6 +99,7 @@ func presetBase(name string) (c Config, ok bool) {
 		MaxRings:       DefaultMaxRings,
 		LogLevel:       "info",
 		LogFormat:      "text",
+		WALCompression: "s2",
 	}
 	ok = true
 	switch name {

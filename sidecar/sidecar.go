@@ -140,6 +140,7 @@ func newSidecar(cfg Config, log *slog.Logger, hooks *wal.Hooks) (*Sidecar, error
 		// byte trigger fires well before the queue is full.
 		MaxBatchBytes:  int(max(cfg.MaxMemoryBytes/4, 64<<10)),
 		MaxMemoryBytes: cfg.MaxMemoryBytes,
+		Compress:       cfg.WALCompression == "s2",
 		OnCommit:       s.onCommit,
 		OnError:        s.onWALError,
 		Hooks:          hooks,
