@@ -5,7 +5,6 @@ import (
 	"fmt"
 	"net"
 	"os"
-	"os/user"
 	"slices"
 	"strconv"
 	"strings"
@@ -209,14 +208,6 @@ func supplementaryGroups(pid int) []int {
 		}
 	}
 	return nil
-}
-
-func lookupGroup(name string) (int, error) {
-	g, err := user.LookupGroup(name)
-	if err != nil {
-		return 0, err
-	}
-	return strconv.Atoi(g.Gid)
 }
 
 // attachProducer gives a driver a new ring, or its old one back when it

@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 
 	"github.com/framebus/framebus/shm"
@@ -69,7 +70,7 @@ func newMetrics(s *Sidecar) *metrics {
 	m.batchFlush = h("framebus_batch_flush_duration_seconds", "Time to drain one batch from a ring: poll, copy, verify and append to the WAL queue.",
 		[]float64{0.00001, 0.00005, 0.0001, 0.0005, 0.001, 0.005, 0.01, 0.025})
 	m.reg.MustRegister(stateCollector{s})
-	m.reg.MustRegister(prometheus.NewGoCollector(), prometheus.NewProcessCollector(prometheus.ProcessCollectorOpts{}))
+	m.reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	return m
 }
 
