@@ -59,3 +59,45 @@ func TestKillSidecar(t *testing.T) {
 	checkExactlyOnce(t, got, "crash-a", n)
 	checkExactlyOnce(t, got, "crash-b", n)
 }
+
+// TestRestartSidecarGracefully: SIGTERM the sidecar 3 times during a load
+// run from 2 drivers and start it again each time. A graceful stop drains
+// and commits, keeps the segment for the drivers still attached, and the
+// next sidecar adopts it: every frame is in the WAL exactly once.
+func TestRestartSidecarGracefully(t *testing.T) {
+	b := newBus(t)
+	sc := b.startSidecar()
+	// 8 s of publishing: the drivers are attached through every restart.
+	const n = 120000
+	d1 := b.publish("graceful-a", n, "--rate", "15000")
+	d2 := b.publish("graceful-b", n, "--rate", "15000")
+	for i := 0; i < 3; i++ {
+		time.Sleep(500 * time.Millisecond)
+		sc.stop(t)
+		if d1.exited() || d2.exited() {
+			t.Fatalf("restart %d: a driver finished before the restart; the test needs them attached", i+1)
+		}
+		sc = b.startSidecar()
+		// The drivers were still attached: the segment was kept and
+		// the new sidecar took it over with their rings.
+		deadline := time.Now().Add(10 * time.Second)
+		for !strings.Contains(sc.out.String(), "driver re-attached") {
+			if time.Now().After(deadline) {
+				t.Fatalf("restart %d: no driver re-attached:\n%s", i+1, sc.out.String())
+			}
+			time.Sleep(10 * time.Millisecond)
+		}
+		if !strings.Contains(sc.out.String(), "adopted the segment") {
+			t.Fatalf("restart %d: the segment was not adopted:\n%s", i+1, sc.out.String())
+		}
+	}
+	for _, d := range []*proc{d1, d2} {
+		if err := d.wait(t, 3*time.Minute); err != nil {
+			t.Fatalf("driver: %v\n%s", err, d.out.String())
+		}
+	}
+	sc.stop(t)
+	got := b.walFrames()
+	checkExactlyOnce(t, got, "graceful-a", n)
+	checkExactlyOnce(t, got, "graceful-b", n)
+}
