@@ -55,7 +55,7 @@ test-race: ## go test -race ./...
 	$(GO) test -race -count 1 -timeout 20m ./...
 
 test-allocs: ## Allocation tests, without -race (its instrumentation allocates, so they skip under it).
-	$(GO) test -count 1 -run 'Allocs' ./schema ./shm
+	$(GO) test -count 1 -run 'Allocs' ./schema ./shm ./wal
 
 bench: ## Benchmarks (shm rings vs Unix socket, encoders); results into $(BENCHOUT) and a median table.
 	$(GO) test -run '^$$' -bench . -benchmem -count $(BENCHCOUNT) -timeout 60m ./shm ./schema ./wal | tee $(BENCHOUT)
