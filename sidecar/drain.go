@@ -9,6 +9,7 @@ import (
 	"github.com/framebus/framebus/schema"
 	"github.com/framebus/framebus/shm"
 	"github.com/framebus/framebus/wal"
+	"golang.org/x/sys/unix"
 )
 
 // idleWake bounds how long an idle drain loop sleeps.
@@ -22,6 +23,7 @@ const idleWake = time.Second
 func (s *Sidecar) drainLoop() {
 	defer close(s.drained)
 	d := &drainer{s: s, arena: make([]byte, 0, 1<<20), spin: shm.DefaultSpin}
+	d.pause = unix.NsecToTimespec(int64(batchPause(s.cfg)))
 	if s.cfg.HighPerformanceMode {
 		// Poll longer before sleeping: a producer that commits again
 		// within this time costs no futex wake-up on either side.
@@ -34,20 +36,24 @@ func (s *Sidecar) drainLoop() {
 		ps := s.snapshot()
 		total := 0
 		d.queueFull = false
+		durable := s.wal.Durable()
 		for _, p := range ps {
 			if !p.corrupt {
 				total += d.drainRing(p)
 			}
 		}
 		if d.queueFull {
-			// The WAL cannot take more (its commits fail): the frames
-			// wait in their rings; look again shortly, not in a loop.
+			// The WAL's write queue is full: at saturation until its
+			// next commit, when its disk fails until it works again. The
+			// frames wait in their rings; look again after a commit (it
+			// rings the doorbell) or 10 ms, not in a loop.
 			s.housekeeping(ps, true)
-			select {
-			case <-s.drainReq:
+			ctx, cancel := context.WithTimeout(context.Background(), 10*time.Millisecond)
+			s.wake.Wait(ctx, 0, func() bool { return s.wal.Durable() != durable || s.stopRequested() })
+			cancel()
+			if s.stopRequested() {
 				s.finalDrain()
 				return
-			case <-time.After(10 * time.Millisecond):
 			}
 			continue
 		}
@@ -64,6 +70,14 @@ func (s *Sidecar) drainLoop() {
 			continue
 		default:
 		}
+		if total > 0 && total < s.cfg.MaxBatchSize {
+			// A short pass: let the rings fill for a moment rather than
+			// chase the producers record by record (every pass costs a
+			// WAL append and its lock, and the cache lines it reads
+			// bounce between the cores). The pause is batch_flush_ms,
+			// at most a quarter of the commit interval.
+			unix.Nanosleep(&d.pause, nil)
+		}
 		if total == 0 {
 			// Idle: sleep until a commit, a WAL commit or shutdown rings
 			// the doorbell, or a second passes (housekeeping: drivers
@@ -73,6 +87,16 @@ func (s *Sidecar) drainLoop() {
 			s.wake.Wait(ctx, d.spin, func() bool { return s.ringsVersion.Load() != ver || s.workPending(ps) })
 			cancel()
 		}
+	}
+}
+
+// stopRequested reports whether Shutdown asked the drain loop to finish.
+func (s *Sidecar) stopRequested() bool {
+	select {
+	case <-s.drainReq:
+		return true
+	default:
+		return false
 	}
 }
 
@@ -147,6 +171,15 @@ type drainer struct {
 	arena     []byte
 	queueFull bool          // a ring's batch did not fit the WAL's memory queue this pass
 	spin      time.Duration // how long an idle pass polls before it sleeps
+	pause     unix.Timespec // the wait after a short pass (batchPause)
+}
+
+// batchPause is how long the drain loop lets the rings fill after a pass
+// that found fewer than max_batch_size frames: batch_flush_ms, but at most
+// a quarter of wal_flush_ms, so that batching adds little to the
+// publish-to-durable latency.
+func batchPause(c Config) time.Duration {
+	return min(c.BatchFlush.Duration, c.WALFlush.Duration/4)
 }
 
 // highPerformanceSpin is the idle poll of high_performance_mode.
