@@ -7,6 +7,7 @@ import (
 	"io"
 	"os"
 	"runtime/debug"
+	"runtime/pprof"
 )
 
 const usage = `framebus — shared-memory message bus for multiprocess IoT gateways
@@ -19,10 +20,42 @@ Usage:
                             throughput (framebus demo -h)
   framebus version         print the version
   framebus help            print this help
+
+Environment:
+  FRAMEBUS_CPUPROFILE=PREFIX  write a CPU profile of the command to
+                              PREFIX.COMMAND.PID (for go tool pprof)
 `
 
 func main() {
-	os.Exit(run(os.Args[1:], os.Stdout, os.Stderr))
+	os.Exit(profiled(os.Args[1:], os.Stdout, os.Stderr))
+}
+
+// profiled runs the command under a CPU profile when FRAMEBUS_CPUPROFILE
+// names a file prefix: the profile goes to PREFIX.COMMAND.PID (for
+// `go tool pprof`), so that a sidecar and its drivers can be profiled in
+// the same run.
+func profiled(args []string, stdout, stderr io.Writer) int {
+	prefix := os.Getenv("FRAMEBUS_CPUPROFILE")
+	if prefix == "" || len(args) == 0 {
+		return run(args, stdout, stderr)
+	}
+	name := fmt.Sprintf("%s.%s.%d", prefix, args[0], os.Getpid())
+	f, err := os.Create(name)
+	if err != nil {
+		fmt.Fprintf(stderr, "framebus: FRAMEBUS_CPUPROFILE: %v\n", err)
+		return 1
+	}
+	if err := pprof.StartCPUProfile(f); err != nil {
+		fmt.Fprintf(stderr, "framebus: FRAMEBUS_CPUPROFILE: %v\n", err)
+		f.Close()
+		return 1
+	}
+	code := run(args, stdout, stderr)
+	pprof.StopCPUProfile()
+	if err := f.Close(); err != nil {
+		fmt.Fprintf(stderr, "framebus: FRAMEBUS_CPUPROFILE: %v\n", err)
+	}
+	return code
 }
 
 func run(args []string, stdout, stderr io.Writer) int {
