@@ -89,9 +89,34 @@ func BenchmarkEndToEnd(b *testing.B) {
 			b.Fatal(err)
 		}
 		sync := cfg.WALFlush.Duration
-		b.Run(fmt.Sprintf("preset=%s/sync=%s", preset, sync), func(b *testing.B) { benchE2EFramebus(b, preset, frames) })
+		b.Run(fmt.Sprintf("preset=%s/sync=%s", preset, sync), func(b *testing.B) { benchE2EFramebus(b, preset, frames, 0) })
 		b.Run(fmt.Sprintf("peer=jetstream/sync=%s", sync), func(b *testing.B) { benchE2EJetStream(b, sync, frames, pending) })
 	}
+	// Latency below saturation: the same driver paced at e2eRate.
+	for _, preset := range e2ePresets {
+		cfg, _ := sidecar.Preset(preset)
+		b.Run(fmt.Sprintf("preset=%s/sync=%s/rate=%d", preset, cfg.WALFlush.Duration, e2eRate), func(b *testing.B) {
+			benchE2EFramebus(b, preset, e2eRate*e2ePacedSeconds, e2eRate)
+		})
+	}
+}
+
+// e2eRate and e2ePacedSeconds shape the paced runs: publish→durable latency
+// at a steady e2eRate frames/s (about a third of the saturated rate on the
+// reference machine) for e2ePacedSeconds.
+const (
+	e2eRate         = 1_000_000
+	e2ePacedSeconds = 4
+)
+
+// settle writes back every dirty page of the machine before a measured run,
+// so that a run does not pay for the previous one's writes (JetStream's
+// file store syncs in the background, after its acks). The timer is
+// stopped meanwhile.
+func settle(b *testing.B) {
+	b.StopTimer()
+	unix.Sync()
+	b.StartTimer()
 }
 
 // benchTemplate is the frame `framebus publish --producer bench --points 1`
@@ -143,8 +168,9 @@ func parsePublishReport(out string) (publishReport, error) {
 }
 
 // benchE2EFramebus runs the real sidecar at preset, then per op one driver
-// process that publishes frames 1-point frames and waits for durability.
-func benchE2EFramebus(b *testing.B, preset string, frames int) {
+// process that publishes frames 1-point frames (as fast as it can, or at
+// rate frames/s if rate > 0) and waits for durability.
+func benchE2EFramebus(b *testing.B, preset string, frames, rate int) {
 	bus := newBenchBus(b, "--preset", preset)
 	sc := bus.startSidecar()
 	frameBytes := benchTemplate(b).Len()
@@ -154,8 +180,13 @@ func benchE2EFramebus(b *testing.B, preset string, frames int) {
 	var worst publishReport
 	b.ResetTimer()
 	for i := 0; i < b.N; i++ {
-		d := start(b, "publish", "--name", bus.name, "--run-dir", bus.runDir, "--producer", "bench",
-			"--points", "1", "--count", strconv.Itoa(frames))
+		settle(b)
+		args := []string{"publish", "--name", bus.name, "--run-dir", bus.runDir, "--producer", "bench",
+			"--points", "1", "--count", strconv.Itoa(frames)}
+		if rate > 0 {
+			args = append(args, "--rate", strconv.Itoa(rate))
+		}
+		d := start(b, args...)
 		if err := d.wait(b, 10*time.Minute); err != nil {
 			b.Fatalf("framebus publish: %v\n%s\nsidecar:\n%s", err, d.out.String(), sc.out.String())
 		}
@@ -249,6 +280,7 @@ func benchE2EJetStream(b *testing.B, syncInterval time.Duration, frames, maxPend
 	var busy time.Duration
 	b.ResetTimer()
 	for i := 0; i < b.N; i++ {
+		settle(b)
 		start := time.Now()
 		for seq := 0; seq < frames; seq++ {
 			// The same work per frame as `framebus publish`.
@@ -300,6 +332,7 @@ func benchE2EDisk(b *testing.B) {
 		chunk[i] = byte(i * 31)
 	}
 	b.SetBytes(int64(len(chunk)))
+	unix.Sync()
 	b.ResetTimer()
 	unsynced := 0
 	for i := 0; i < b.N; i++ {
