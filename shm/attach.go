@@ -23,7 +23,34 @@ import (
 //	                                      ◀─  welcome{version, segment, slot, generation,
 //	                                           producer_id, epoch, ring_bytes}  or  error{code, message}
 //	                                      ◀─  rejected{count, reason}   (frames that failed verification)
+//	serve{targets}                        ─▶  registers the driver for command targets,
+//	                                           allocates its command ring (KindCommand)
+//	                                      ◀─  serving{slot, generation, ring_bytes}  or  error
 //	bye{}                                 ─▶  drains the ring, frees it, closes
+//
+// A subscriber says role "subscriber" in its hello, with a filter and a
+// start; the sidecar allocates an egress ring (KindEgress) that it writes
+// and the subscriber reads:
+//
+//	hello{version, role: subscriber,       ─▶  resolves the start, allocates the egress ring
+//	      filter, from, seq?, cursor?, live?}
+//	                                      ◀─  welcome{segment, slot, generation, ring_bytes,
+//	                                           seq: the first sequence number it may deliver}
+//	ack{seq}                              ─▶  (cursor subscriptions) the durable cursor has
+//	                                           everything up to seq
+//	                                      ◀─  lost{count, message}  frames the subscription
+//	                                           will never see (retention, or a full live ring)
+//	bye{}                                 ─▶  frees the egress ring, closes
+//
+// Every egress record is [seq uint64 little-endian][frame], its record type
+// the frame's schema.Kind. A requester (role "requester") sends commands and
+// receives their stages on the socket (commands are few; they do not need a
+// ring):
+//
+//	command{frame: Command FlatBuffer}    ─▶  assigns the command's id, routes it to the
+//	                                           driver serving its target
+//	                                      ◀─  stage{frame: CommandAck}  per stage, until a
+//	                                           final one (COMPLETED, REJECTED, EXPIRED, FAILED)
 //
 // Both sides ignore message fields they do not know, so that a newer peer
 // can add fields without a version bump; an incompatible change bumps
@@ -43,7 +70,44 @@ const (
 	OpError    = "error"
 	OpRejected = "rejected"
 	OpBye      = "bye"
+	OpServe    = "serve"   // driver → sidecar: the command targets it serves
+	OpServing  = "serving" // sidecar → driver: its command ring
+	OpAck      = "ack"     // subscriber → sidecar: advance the durable cursor
+	OpLost     = "lost"    // sidecar → subscriber: frames it will never receive
+	OpCommand  = "command" // requester → sidecar: a Command FlatBuffer
+	OpStage    = "stage"   // sidecar → requester: a CommandAck FlatBuffer
 )
+
+// Roles of a connecting process (hello's role).
+const (
+	RoleProducer   = "producer" // the default: a driver that publishes
+	RoleSubscriber = "subscriber"
+	RoleRequester  = "requester"
+)
+
+// Subscription starts (hello's from).
+const (
+	FromLatest   = "latest"   // frames committed after the subscription starts
+	FromEarliest = "earliest" // the oldest frame the WAL still holds
+	FromSeq      = "seq"      // the frame with sequence number seq (or the oldest after it)
+	FromCursor   = "cursor"   // right after the last frame acked on the named durable cursor
+)
+
+// Filter selects frames for a subscription; empty fields select everything.
+// Producer and Device match exactly; Tag is a path.Match glob that a data
+// frame matches when any of its points' tags does (commands and acks match
+// on their points' tags too, and a frame without points matches only an
+// empty Tag); Kinds lists schema kinds (1 data, 2 command, 3 ack).
+type Filter struct {
+	Producer string   `json:"producer,omitempty"`
+	Device   string   `json:"device,omitempty"`
+	Tag      string   `json:"tag,omitempty"`
+	Kinds    []uint16 `json:"kinds,omitempty"`
+}
+
+// EgressHeaderSize is the sequence number before each frame in an egress
+// record.
+const EgressHeaderSize = 8
 
 // Error codes of an OpError message.
 const (
@@ -55,6 +119,7 @@ const (
 	CodeShutdown  = "shutdown"  // the sidecar is stopping
 	CodeProtocol  = "protocol"  // unexpected message
 	CodeCorrupted = "corrupted" // the ring broke the record protocol: detached
+	CodeCursor    = "cursor"    // a cursor subscription is already active, or the name is invalid
 )
 
 // Resume names the ring a driver already has, when it re-attaches to a
@@ -78,10 +143,25 @@ type Message struct {
 	Generation uint64 `json:"generation,omitempty"`
 	ProducerID uint16 `json:"producer_id,omitempty"`
 	Epoch      uint64 `json:"epoch,omitempty"`
-	// error, rejected
+	// error, rejected, lost
 	Code    string `json:"code,omitempty"`
 	Message string `json:"message,omitempty"`
 	Count   uint64 `json:"count,omitempty"`
+
+	// hello: RoleProducer ("" too), RoleSubscriber or RoleRequester
+	Role string `json:"role,omitempty"`
+	// subscriber hello
+	Filter *Filter `json:"filter,omitempty"`
+	From   string  `json:"from,omitempty"`   // FromLatest ("" too), FromEarliest, FromSeq, FromCursor
+	Cursor string  `json:"cursor,omitempty"` // FromCursor: the durable cursor's name
+	Live   bool    `json:"live,omitempty"`   // live-only: frames as they are drained, before the WAL commit
+	// hello (FromSeq): the first sequence number; welcome (subscriber):
+	// the first it may deliver; ack: the last one processed
+	Seq uint64 `json:"seq,omitempty"`
+	// serve
+	Targets []string `json:"targets,omitempty"`
+	// command, stage: the FlatBuffer (base64 in the JSON)
+	Frame []byte `json:"frame,omitempty"`
 }
 
 // ErrProtocol is wrapped by every decoding error of a control message.
@@ -110,7 +190,7 @@ func DecodeMessage(b []byte) (Message, error) {
 		return m, fmt.Errorf("%w: %v", ErrProtocol, err)
 	}
 	switch m.Op {
-	case OpHello, OpWelcome, OpError, OpRejected, OpBye:
+	case OpHello, OpWelcome, OpError, OpRejected, OpBye, OpServe, OpServing, OpAck, OpLost, OpCommand, OpStage:
 	default:
 		return m, fmt.Errorf("%w: unknown op %q", ErrProtocol, m.Op)
 	}

@@ -79,10 +79,14 @@ func (e Event) Wait(ctx context.Context, spin time.Duration, cond func() bool) b
 	seq := u32At(e.mem, e.off+evSeq)
 	waiters := u32At(e.mem, e.off+evWaiters)
 	var stop func() bool
+	var woke chan struct{} // closed when the cancellation wake-up has run
 	first := true
 	defer func() {
-		if stop != nil {
-			stop()
+		if stop != nil && !stop() {
+			// The wake-up has started: let it finish, so that it never
+			// touches the mapping after Wait returned (the caller may
+			// unmap it).
+			<-woke
 		}
 	}()
 	for {
@@ -98,7 +102,8 @@ func (e Event) Wait(ctx context.Context, spin time.Duration, cond func() bool) b
 		if stop == nil && ctx.Done() != nil {
 			// Cancellation wakes us like a Signal would; the seq bump
 			// closes the window between the check above and the sleep.
-			stop = context.AfterFunc(ctx, e.Wake)
+			woke = make(chan struct{})
+			stop = context.AfterFunc(ctx, func() { e.Wake(); close(woke) })
 		}
 		var d time.Duration
 		if dl, ok := ctx.Deadline(); ok {
