@@ -5,10 +5,11 @@
 //
 // # File
 //
-// The WAL is one bbolt file, Options.Dir/framebus.wal, with three buckets:
+// The WAL is one bbolt file, Options.Dir/framebus.wal, with four buckets:
 //
 //	segments   key: first sequence number, uint64 big-endian → a segment
 //	positions  key: source name (a ring, "slot3/gen7") → uint64 big-endian
+//	cursors    key: cursor name → acked, lost: 2 × uint64 big-endian (cursor.go)
 //	meta       "format" → uint32 big-endian (1); "created" → Unix ns, int64 big-endian
 //
 // Every frame gets a WAL sequence number: consecutive, starting at 1,
@@ -101,6 +102,35 @@
 // DeletePosition forgets a freed ring in the next commit. Positions()
 // returns the committed ones.
 //
+// # Cursors: durable consumers
+//
+// A consumer of the WAL (a forwarder, a replicator) names a durable cursor
+// and calls SetCursor(name, acked) once it has processed every frame up to
+// acked; after a restart it resumes with Iterate(Cursor(name).Acked+1).
+// Cursor changes go into the next commit's transaction, like positions,
+// but unordered with frames (a cursor acks only durable frames), so the
+// commit writes the latest value of each changed cursor. Cursors never
+// move back; DeleteCursor removes one. On a failed commit the changes stay
+// pending for the retry. Cursor and Cursors show the pending changes.
+//
+// Options.CursorPolicy says what retention does with frames a cursor has
+// not acked. CursorRetain (the default) holds retention at the first
+// segment whose last frame is after the lowest Acked: MaxBytes and MaxAge
+// then yield, the file grows (Stats.RetentionHeld, Stats.FootprintBytes),
+// and the sidecar raises PAUSE at a hard cap of its own. CursorDrop
+// deletes as if there were no cursor and, in the same transaction, moves
+// every cursor below the new FirstSeq − 1 up to it, adding the frames it
+// skipped to the cursor's persisted Lost counter; OnCursorLost reports
+// them after the commit. Under CursorDrop a cursor therefore never points
+// before FirstSeq − 1 after a commit (one created below it is moved, and
+// counts the frames as lost, at the next commit).
+//
+// The cursors bucket was added within format version 1: Open creates it
+// in a file written before, which then has no cursor; an older build
+// reading a newer file ignores the bucket (its retention does not wait for
+// cursors, and under CursorDrop the frames it deleted are counted as lost
+// at the first commit after an upgrade).
+//
 // # Retention and file size
 //
 // Inside every commit's transaction, the oldest segments are deleted while
@@ -109,6 +139,7 @@
 // (a large one: its size rounded up to pages), which is what its leaf pages
 // take, so it bounds the file whatever the frame sizes. The newest segment
 // is always kept: it carries the last sequence number across a restart.
+// Durable cursors may hold it (see Cursors).
 // The running totals are recomputed at Open by a cursor walk over keys and
 // value lengths (no value is decoded), which reads the leaf pages once.
 //
@@ -140,12 +171,12 @@
 // bbolt commits atomically (data pages, fsync, meta page, fsync), so a
 // crash leaves the last committed transaction, never a torn segment. Open
 // checks the format version, decodes and checks the last segment to find
-// LastSeq, and loads the positions; appends continue at LastSeq+1. Open
+// LastSeq, and loads the positions and cursors; appends continue at LastSeq+1. Open
 // is linear in the file size: with NoFreelistSync bbolt rebuilds its
 // freelist by walking every page, and the totals scan reads every leaf
 // page once more. Measured on a 1 GiB WAL with a warm page cache: 1.0 s
 // (0.6 s freelist, 0.4 s totals); a cold cache adds the reads. Verify checks a whole file offline (every CRC, every frame length,
-// sequence continuity, positions) and catches damage done outside bbolt.
+// sequence continuity, positions, cursors) and catches damage done outside bbolt.
 //
 // # Reading
 //
@@ -158,11 +189,13 @@
 // # Concurrency contract
 //
 // Every method is safe for concurrent use. The writer goroutine is the
-// only one that writes the file; OnCommit and OnError run on it, in order,
-// and must not call Flush or Close (they would wait for themselves). Close
+// only one that writes the file; OnCommit, OnCursorLost and OnError run on
+// it, in order, and must not call Flush or Close (they would wait for
+// themselves). Close
 // is idempotent: it stops Append (ErrClosed), commits what is queued,
 // stops the writer, and closes bbolt after running Iterate calls finish
-// their current read transaction. SetPosition after Close is ignored.
+// their current read transaction. SetPosition and DeleteCursor after
+// Close are ignored; SetCursor returns ErrClosed.
 // Verify and ReadStats open the file read-only and fail with ErrLocked
 // while a sidecar holds it.
 //
@@ -176,4 +209,8 @@
 //     whole frame area on every commit), and Iterate a decode per segment.
 //   - A position's source name is 1 to 1024 bytes (SetPosition panics
 //     otherwise: the names are the sidecar's own).
+//   - Under CursorRetain a stalled cursor makes the file grow without
+//     bound: the WAL does not stop it, the sidecar's hard cap must. A
+//     cursor acked past frames that a crash then lost (a contract breach:
+//     ack only durable frames) keeps that Acked; it is not checked.
 package wal

@@ -48,6 +48,11 @@ var (
 	// other one, or use another directory.
 	ErrLocked = errors.New("wal: file locked by another process")
 
+	// ErrCursor means SetCursor was given an invalid cursor name (it must
+	// be 1 to 128 bytes of printable ASCII without '/') or an acked
+	// sequence number beyond LastSeq. Nothing was recorded: fix the call.
+	ErrCursor = errors.New("wal: invalid cursor")
+
 	// ErrNotFound means Verify or ReadStats found no WAL file in the
 	// directory.
 	ErrNotFound = errors.New("wal: no WAL file in directory")

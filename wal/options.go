@@ -19,6 +19,19 @@ const (
 	DefaultLockTimeout    = time.Second
 )
 
+// Cursor policies: the values of Options.CursorPolicy.
+const (
+	// CursorRetain makes retention wait for durable cursors: it never
+	// deletes a segment holding a frame some cursor has not acked, and
+	// the file grows past MaxBytes (and keeps frames past MaxAge) until
+	// the slowest cursor acks them. The default.
+	CursorRetain = "retain"
+	// CursorDrop makes retention ignore cursors: it deletes as without
+	// them, and moves every cursor it overtakes to just before the new
+	// first frame, counting the frames it never acked in its Lost.
+	CursorDrop = "drop"
+)
+
 // Limits checked by Validate.
 const (
 	minSegmentBytes = 1 << 10
@@ -93,6 +106,18 @@ type Options struct {
 	// means off.
 	Compress bool
 
+	// CursorPolicy says what retention (MaxBytes, MaxAge) does with frames
+	// that a durable cursor (SetCursor) has not acked yet: CursorRetain
+	// keeps them, holding deletion at the first segment holding a frame
+	// after the lowest cursor's Acked (Stats.RetentionHeld is true while it
+	// does), so that the file may grow past MaxBytes: the sidecar raises
+	// PAUSE at a hard cap it computes from Stats.FootprintBytes.
+	// CursorDrop deletes as if there were no cursors and, in the same
+	// transaction, advances every cursor whose Acked is below the new
+	// FirstSeq − 1 to FirstSeq − 1, adding the frames it skipped to the
+	// cursor's Lost (see OnCursorLost). Zero ("") means CursorRetain.
+	CursorPolicy string
+
 	// OnCommit, if set, is called by the writer goroutine after each
 	// successful commit (the durability point), in commit order. It runs
 	// on the writer's time: keep it short (publish the watermark, wake
@@ -105,6 +130,12 @@ type Options struct {
 	// succeeds, OnCommit is called as usual. Do not call Flush or Close
 	// from it.
 	OnError func(error)
+
+	// OnCursorLost, if set, is called by the writer goroutine after a
+	// successful commit, after OnCommit, once for every cursor that lost
+	// frames in that commit (CursorDrop only), with the number of frames
+	// it lost in that commit. Do not call Flush or Close from it.
+	OnCursorLost func(name string, lost uint64)
 
 	// Hooks inject faults in tests. Nil in production.
 	Hooks *Hooks
@@ -137,6 +168,9 @@ func (o *Options) EnsureDefaults() {
 	}
 	if o.LockTimeout == 0 {
 		o.LockTimeout = DefaultLockTimeout
+	}
+	if o.CursorPolicy == "" {
+		o.CursorPolicy = CursorRetain
 	}
 }
 
@@ -172,6 +206,11 @@ func (o *Options) Validate() error {
 	}
 	if o.LockTimeout < 0 {
 		p = append(p, fmt.Sprintf("LockTimeout %v: want 0 (default %v) or positive", o.LockTimeout, DefaultLockTimeout))
+	}
+	switch o.CursorPolicy {
+	case "", CursorRetain, CursorDrop:
+	default:
+		p = append(p, fmt.Sprintf("CursorPolicy %q: want %q (the default when empty) or %q", o.CursorPolicy, CursorRetain, CursorDrop))
 	}
 	if len(p) == 0 {
 		return nil

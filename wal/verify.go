@@ -27,6 +27,7 @@ type Report struct {
 	FirstSeq    uint64
 	LastSeq     uint64
 	Positions   int
+	Cursors     int // durable cursors (see WAL.SetCursor)
 	// Problems lists every inconsistency found, at most 100 and then a
 	// line with the count of the others; empty if the WAL is sound.
 	Problems []string
@@ -47,7 +48,9 @@ func (r *Report) problem(format string, args ...any) {
 // consistency check, the format version, every segment's header, CRC32C
 // and frame lengths, the continuity of sequence numbers across segments
 // (retention only deletes from the front, so there may be no gap between
-// two stored segments), and the positions bucket (every value 8 bytes).
+// two stored segments), the positions bucket (every value 8 bytes) and
+// the cursors bucket, if any (every name valid, every value 16 bytes; a
+// file written before cursors existed has none).
 // It returns the report and, if there is any problem, an error wrapping
 // ErrCorrupt that names the first one.
 func Verify(dir string) (Report, error) {
@@ -82,6 +85,18 @@ func Verify(dir string) (Report, error) {
 				}
 				if len(v) != 8 {
 					r.problem("position %q: value of %d bytes, want 8", k, len(v))
+				}
+				return nil
+			})
+		}
+		if cb := tx.Bucket(bucketCursors); cb != nil {
+			_ = cb.ForEach(func(k, v []byte) error {
+				r.Cursors++
+				if err := checkCursorName(string(k)); err != nil {
+					r.problem("cursor %q: %v", k, strings.TrimPrefix(err.Error(), "wal: "))
+				}
+				if len(v) != cursorValueSize {
+					r.problem("cursor %q: value of %d bytes, want %d", k, len(v), cursorValueSize)
 				}
 				return nil
 			})
@@ -152,6 +167,9 @@ type FileStats struct {
 	// (their producer is unknown).
 	Kinds   map[string]uint64 `json:"kinds"`
 	Invalid uint64            `json:"invalid"`
+	// Cursors are the durable cursors (see WAL.SetCursor) by name; empty
+	// if there is none.
+	Cursors map[string]CursorInfo `json:"cursors"`
 }
 
 // ProducerStats counts one producer's frames in FileStats.
@@ -162,10 +180,11 @@ type ProducerStats struct {
 // ReadStats reads every frame of the WAL in dir offline (read-only; it
 // fails with ErrLocked while a sidecar has the WAL open) and counts frames
 // and bytes, per kind, and per producer for data frames, which it verifies
-// with schema.Verify and reads with schema.RootDataFrame. A segment that
-// fails its check stops it with ErrCorrupt: run Verify.
+// with schema.Verify and reads with schema.RootDataFrame; and it reads the
+// durable cursors. A segment or cursor that fails its check stops it with
+// ErrCorrupt: run Verify.
 func ReadStats(dir string) (FileStats, error) {
-	st := FileStats{Producers: map[string]ProducerStats{}, Kinds: map[string]uint64{}}
+	st := FileStats{Producers: map[string]ProducerStats{}, Kinds: map[string]uint64{}, Cursors: map[string]CursorInfo{}}
 	db, err := openReadOnly(dir)
 	if err != nil {
 		return st, err
@@ -174,6 +193,12 @@ func ReadStats(dir string) (FileStats, error) {
 	producers := map[string]*ProducerStats{}
 	kinds := map[uint16]uint64{}
 	err = db.View(func(tx *bolt.Tx) error {
+		err := readCursors(tx.Bucket(bucketCursors), func(name string, ci CursorInfo) {
+			st.Cursors[name] = ci
+		})
+		if err != nil {
+			return err
+		}
 		sb := tx.Bucket(bucketSegments)
 		if sb == nil {
 			return fmt.Errorf("%w: no segments bucket", ErrCorrupt)

@@ -279,6 +279,7 @@ func TestReadStats(t *testing.T) {
 		Producers: map[string]ProducerStats{"p1": {Frames: 3}, "p2": {Frames: 2}},
 		Kinds:     map[string]uint64{"data": 6, "command": 1, "ack": 1},
 		Invalid:   1,
+		Cursors:   map[string]CursorInfo{},
 	}
 	if !reflect.DeepEqual(st, want) {
 		t.Fatalf("ReadStats = %+v\nwant %+v", st, want)

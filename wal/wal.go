@@ -22,13 +22,18 @@ var (
 	bucketSegments  = []byte("segments")
 	bucketPositions = []byte("positions")
 	bucketMeta      = []byte("meta")
+	bucketCursors   = []byte("cursors") // see cursor.go
 
 	metaFormat  = []byte("format")  // uint32 big-endian: formatVersion
 	metaCreated = []byte("created") // int64 big-endian: Unix ns of creation
 )
 
 // formatVersion is the version of the file layout (buckets, keys, segment
-// format) recorded in the meta bucket.
+// format) recorded in the meta bucket. A change that a build of the
+// previous layout would misread bumps it. The cursors bucket was added
+// within version 1: Open creates it when missing, readers take an absent
+// one for no cursor, and older builds, which do not look at it, read the
+// rest of the file as before (see doc.go, Cursors).
 const formatVersion = 1
 
 // bbolt tuning; see doc.go.
@@ -86,6 +91,11 @@ type Stats struct {
 	RetainedFrames   uint64
 	LastCommit       time.Duration // Duration of the last successful commit
 	Failing          bool          // the last commit attempt failed (degrade mode)
+	// RetentionHeld is true after a commit in which retention wanted to
+	// delete a segment (MaxBytes or MaxAge) but a cursor that had not
+	// acked its frames held it (CursorRetain): FootprintBytes may then
+	// exceed MaxBytes. False after a commit where nothing was held.
+	RetentionHeld bool
 }
 
 // WAL is an open write-ahead log. Its methods are safe for concurrent use.
@@ -122,6 +132,7 @@ type WAL struct {
 		first   uint64 // first stored key, 0 if none
 		backoff time.Duration
 		retryAt time.Time
+		cursors map[string]CursorInfo // cursors as of the last commit
 	}
 
 	mu struct {
@@ -131,7 +142,7 @@ type WAL struct {
 		full   []*segment // sealed segments not yet fully committed, in order
 		free   []*segment // reusable segments with standard buffers
 
-		gen          uint64             // bumped by every Append, SetPosition, DeletePosition
+		gen          uint64             // bumped by every Append, SetPosition, DeletePosition, cursor change
 		committedGen uint64             // gen of the last successful commit's snapshot
 		appended     int64              // bytes appended since Open
 		committed    int64              // bytes committed since Open
@@ -142,9 +153,13 @@ type WAL struct {
 		commitCh     chan struct{}      // closed (and replaced) after every commit
 		lastErr      error              // error of the last commit attempt, nil after a success
 
+		curOps  map[string]cursorOp   // per cursor, the latest change not yet committed
+		cursors map[string]CursorInfo // cursors with the pending changes applied (Cursor)
+
 		use                     usage
 		commits, commitErrors   uint64
 		retainedSegs, retainedN uint64
+		retentionHeld           bool
 		lastDur                 time.Duration
 	}
 }
@@ -207,8 +222,8 @@ type segment struct {
 
 // Open opens the WAL in opts.Dir, creating the directory and the file if
 // needed. It checks the file's format version and the last segment, counts
-// what is stored, loads the positions and starts the writer goroutine,
-// which Close stops.
+// what is stored, loads the positions and the cursors, and starts the
+// writer goroutine, which Close stops.
 func Open(opts Options) (*WAL, error) {
 	if err := opts.Validate(); err != nil {
 		return nil, err
@@ -248,9 +263,15 @@ func Open(opts Options) (*WAL, error) {
 	w.maxFree = max(2*w.batchBytes/w.segLimit, 16)
 	w.mu.posOps = make(map[string][]posOp)
 	w.mu.positions = make(map[string]uint64)
+	w.mu.curOps = make(map[string]cursorOp)
+	w.mu.cursors = make(map[string]CursorInfo)
+	w.wr.cursors = make(map[string]CursorInfo)
 	w.mu.commitCh = make(chan struct{})
 	w.wr.b.pos = make(map[string]posOp)
 	w.wr.b.commit.Positions = make(map[string]uint64)
+	w.wr.b.cur = make(map[string]cursorOp)
+	w.wr.b.curSet = make(map[string]CursorInfo)
+	w.wr.b.lost = make(map[string]uint64)
 
 	if err := w.load(); err != nil {
 		db.Close()
@@ -284,7 +305,8 @@ func allocSize(maxBytes int64) int {
 func (w *WAL) load() error {
 	var fresh bool
 	err := w.db.View(func(tx *bolt.Tx) error {
-		fresh = tx.Bucket(bucketMeta) == nil || tx.Bucket(bucketSegments) == nil || tx.Bucket(bucketPositions) == nil
+		fresh = tx.Bucket(bucketMeta) == nil || tx.Bucket(bucketSegments) == nil ||
+			tx.Bucket(bucketPositions) == nil || tx.Bucket(bucketCursors) == nil
 		return nil
 	})
 	if err != nil {
@@ -296,7 +318,12 @@ func (w *WAL) load() error {
 			if err != nil {
 				return err
 			}
-			if meta.Get(metaFormat) == nil {
+			if meta.Get(metaFormat) != nil {
+				// Add nothing to a file of another version.
+				if err := checkFormat(meta); err != nil {
+					return err
+				}
+			} else {
 				if err := meta.Put(metaFormat, binary.BigEndian.AppendUint32(nil, formatVersion)); err != nil {
 					return err
 				}
@@ -304,11 +331,12 @@ func (w *WAL) load() error {
 					return err
 				}
 			}
-			if _, err := tx.CreateBucketIfNotExists(bucketSegments); err != nil {
-				return err
+			for _, name := range [][]byte{bucketSegments, bucketPositions, bucketCursors} {
+				if _, err := tx.CreateBucketIfNotExists(name); err != nil {
+					return err
+				}
 			}
-			_, err = tx.CreateBucketIfNotExists(bucketPositions)
-			return err
+			return nil
 		})
 		if err != nil {
 			return err
@@ -345,12 +373,19 @@ func (w *WAL) load() error {
 			w.lastSeq.Store(last + uint64(count) - 1)
 			w.durable.Store(last + uint64(count) - 1)
 		}
-		return tx.Bucket(bucketPositions).ForEach(func(k, v []byte) error {
+		err := tx.Bucket(bucketPositions).ForEach(func(k, v []byte) error {
 			if len(v) != 8 {
 				return fmt.Errorf("%w: position of %q has %d bytes, want 8", ErrCorrupt, k, len(v))
 			}
 			w.mu.positions[string(k)] = binary.BigEndian.Uint64(v)
 			return nil
+		})
+		if err != nil {
+			return err
+		}
+		return readCursors(tx.Bucket(bucketCursors), func(name string, ci CursorInfo) {
+			w.wr.cursors[name] = ci
+			w.mu.cursors[name] = ci
 		})
 	})
 }
@@ -534,11 +569,7 @@ func (w *WAL) setPos(source string, op posOp) {
 		return
 	}
 	w.setPosLocked(source, op)
-	kick := false
-	if w.mu.oldest.IsZero() {
-		w.mu.oldest = time.Now()
-		kick = true
-	}
+	kick := w.touchLocked()
 	w.mu.Unlock()
 	if kick {
 		w.signal()
@@ -570,7 +601,7 @@ func (w *WAL) Positions() map[string]uint64 {
 	return maps.Clone(w.mu.positions)
 }
 
-// Flush commits everything appended (and every position set) so far
+// Flush commits everything appended (and every position and cursor set) so far
 // without waiting for FlushInterval, in one commit or, beyond
 // MaxBatchBytes, several, and waits until it is durable or ctx is done. While commits fail it keeps waiting for the writer's retries;
 // on ctx's end it returns ctx's error joined with the last commit error.
@@ -653,6 +684,7 @@ func (w *WAL) Stats() Stats {
 		CommitErrors:     w.mu.commitErrors,
 		RetainedSegments: w.mu.retainedSegs,
 		RetainedFrames:   w.mu.retainedN,
+		RetentionHeld:    w.mu.retentionHeld,
 		LastCommit:       w.mu.lastDur,
 		Failing:          w.mu.lastErr != nil,
 	}
@@ -707,7 +739,7 @@ func (w *WAL) signal() {
 
 // dirtyLocked reports whether anything waits to be committed.
 func (w *WAL) dirtyLocked() bool {
-	return w.lastSeq.Load() != w.durable.Load() || len(w.mu.posOps) > 0
+	return w.lastSeq.Load() != w.durable.Load() || len(w.mu.posOps) > 0 || len(w.mu.curOps) > 0
 }
 
 // isClosed reports whether Close was called.

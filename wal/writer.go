@@ -25,6 +25,13 @@ type batch struct {
 	pos      map[string]posOp
 	commit   Commit
 
+	// Cursors (see cursor.go): the changes taken, the cursors written
+	// (tentative), the frames each lost, and whether retention was held.
+	cur    map[string]cursorOp
+	curSet map[string]CursorInfo
+	lost   map[string]uint64
+	held   bool
+
 	use           usage
 	first         uint64
 	retSegs, retN uint64
@@ -140,7 +147,7 @@ func (w *WAL) commit() error {
 // yet committed, in order, up to the end of an Append call (never part of
 // one), and at most MaxBatchBytes of them unless one call alone is larger;
 // and every position change whose frames are all among those committed by
-// then.
+// then; and every cursor change (cursors are not ordered with frames).
 func (w *WAL) snapshot(b *batch) {
 	w.mu.Lock()
 	defer w.mu.Unlock()
@@ -204,6 +211,7 @@ func (w *WAL) snapshot(b *batch) {
 			b.pos[src] = op // the last one covered wins
 		}
 	}
+	w.snapshotCursors(b)
 	b.oldest = w.mu.oldest
 	if b.complete {
 		w.mu.oldest = time.Time{}
@@ -212,7 +220,7 @@ func (w *WAL) snapshot(b *batch) {
 }
 
 // write is the body of the commit's bbolt transaction: the segments, the
-// retention deletions and the positions.
+// retention deletions, the positions and the cursors.
 func (w *WAL) write(tx *bolt.Tx, b *batch, now time.Time) error {
 	sb := tx.Bucket(bucketSegments)
 	sb.FillPercent = 1.0 // keys only ever grow: fill pages completely
@@ -252,7 +260,12 @@ func (w *WAL) write(tx *bolt.Tx, b *batch, now time.Time) error {
 	}
 
 	// Retention: delete whole oldest segments, always keeping the newest
-	// (which holds the last sequence number for the next Open).
+	// (which holds the last sequence number for the next Open). Under
+	// CursorRetain, stop at the first segment holding a frame after the
+	// lowest cursor's Acked.
+	b.applyCursorOps(w.wr.cursors)
+	retain := w.opts.CursorPolicy != CursorDrop
+	low, hasCursors := b.minAcked(w.wr.cursors)
 	c := sb.Cursor()
 	minNs := int64(0)
 	if w.opts.MaxAge > 0 {
@@ -260,6 +273,14 @@ func (w *WAL) write(tx *bolt.Tx, b *batch, now time.Time) error {
 	}
 	k, v := c.First()
 	for b.use.segments > 1 && k != nil && (b.use.footprint > w.opts.MaxBytes || headerNewest(v) < minNs) {
+		if retain && hasCursors {
+			// The segment's last frame is key + count − 1 (a damaged
+			// count of 0 makes it key − 1: it is deleted like any).
+			if key, _ := keySeq(k); key+uint64(headerCount(v)) > low+1 {
+				b.held = true
+				break
+			}
+		}
 		b.use.stored -= int64(len(v))
 		b.use.footprint -= w.footprint(len(v))
 		b.use.segments--
@@ -273,6 +294,12 @@ func (w *WAL) write(tx *bolt.Tx, b *batch, now time.Time) error {
 	b.first = 0
 	if k != nil {
 		b.first, _ = keySeq(k)
+	}
+	if !retain && b.first > 0 {
+		b.dropCursors(w.wr.cursors, b.first-1)
+	}
+	if err := b.writeCursors(tx); err != nil {
+		return err
 	}
 
 	if len(b.pos) > 0 {
@@ -368,6 +395,7 @@ func (w *WAL) succeeded(b *batch, dur time.Duration) {
 			b.commit.Positions[src] = op.pos
 		}
 	}
+	w.cursorsCommitted(b)
 	w.mu.use = b.use
 	w.mu.commits++
 	w.mu.retainedSegs += b.retSegs
@@ -384,6 +412,11 @@ func (w *WAL) succeeded(b *batch, dur time.Duration) {
 		b.commit.Bytes = b.bytes
 		b.commit.Duration = dur
 		w.opts.OnCommit(b.commit)
+	}
+	if w.opts.OnCursorLost != nil {
+		for name, n := range b.lost {
+			w.opts.OnCursorLost(name, n)
+		}
 	}
 	close(ch)
 }
