@@ -64,6 +64,27 @@ func AppendJSON(dst []byte, kind Kind, buf []byte) ([]byte, error) {
 	return append(dst, '}'), nil
 }
 
+// AppendDeliveredJSON is AppendJSON for a frame delivered from the WAL: the
+// object starts with its WAL sequence number, {"wal_seq":N,"kind":…}. It is
+// the line `framebus tail --json` prints and the data of an SSE event of
+// GET /v1/frames.
+func AppendDeliveredJSON(dst []byte, walSeq uint64, kind Kind, buf []byte) ([]byte, error) {
+	n := len(dst)
+	out, err := AppendJSON(dst, kind, buf)
+	if err != nil {
+		return dst, err
+	}
+	// out[n] is the object's '{': insert the sequence number after it.
+	var pre [32]byte
+	p := append(pre[:0], `"wal_seq":`...)
+	p = strconv.AppendUint(p, walSeq, 10)
+	p = append(p, ',')
+	out = append(out, p...)
+	copy(out[n+1+len(p):], out[n+1:len(out)-len(p)])
+	copy(out[n+1:], p)
+	return out, nil
+}
+
 // appendJSONPoints appends a JSON array of the n points that at returns.
 func appendJSONPoints(dst []byte, n int, at func(int) fb.Point) []byte {
 	dst = append(dst, '[')

@@ -160,3 +160,29 @@ func TestAppendJSONRejects(t *testing.T) {
 		}
 	}
 }
+
+func TestAppendDeliveredJSON(t *testing.T) {
+	buf := NewEncoder(0).EncodeData(sampleData(1))
+	plain, err := AppendJSON(nil, KindData, buf)
+	if err != nil {
+		t.Fatal(err)
+	}
+	got, err := AppendDeliveredJSON([]byte("x"), 42, KindData, buf)
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := `x{"wal_seq":42,` + string(plain[1:])
+	if string(got) != want {
+		t.Fatalf("got  %s\nwant %s", got, want)
+	}
+	var m map[string]any
+	if err := json.Unmarshal(got[1:], &m); err != nil {
+		t.Fatalf("not JSON: %v", err)
+	}
+	if m["wal_seq"] != float64(42) || m["kind"] != "data" {
+		t.Fatalf("wal_seq/kind: %v %v", m["wal_seq"], m["kind"])
+	}
+	if _, err := AppendDeliveredJSON(nil, 1, KindData, buf[:8]); err == nil {
+		t.Fatal("a truncated frame was rendered")
+	}
+}
