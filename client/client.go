@@ -115,6 +115,7 @@ type Publisher struct {
 	dropped   atomic.Uint64
 	rejected  atomic.Uint64
 	reattach  atomic.Uint64
+	cmd       cmdState // ServeCommands (command.go)
 
 	stop chan struct{}
 	wg   sync.WaitGroup
@@ -213,7 +214,9 @@ func (p *Publisher) watch() {
 		conn := p.conn.Load()
 		n, err := conn.Read(buf)
 		if err == nil {
-			if m, err := shm.DecodeMessage(buf[:n]); err == nil && m.Op == shm.OpRejected {
+			if m, err := shm.DecodeMessage(buf[:n]); err == nil && (m.Op == shm.OpServing || m.Op == shm.OpError) && p.cmdReply(&m) {
+				// A reply to ServeCommands' serve request.
+			} else if err == nil && m.Op == shm.OpRejected {
 				p.rejected.Add(m.Count)
 				p.cfg.Logger.Warn("frames rejected by the sidecar", "producer", p.cfg.Producer, "count", m.Count, "reason", m.Message)
 				if p.cfg.OnRejected != nil {
@@ -233,9 +236,12 @@ func (p *Publisher) watch() {
 		default:
 		}
 		conn.Close()
+		p.cmdConnChanged(false)
 		if !p.reattachLoop() {
+			p.cmdConnChanged(false) // wakes ServeCommands to see lost
 			return
 		}
+		p.cmdConnChanged(true)
 	}
 }
 
@@ -471,6 +477,7 @@ func (p *Publisher) Close() error {
 	p.mu.closed = true
 	p.mu.Unlock()
 	close(p.stop)
+	p.stopServing()
 	conn := p.conn.Load()
 	if b, err := shm.EncodeMessage(&shm.Message{Op: shm.OpBye}); err == nil {
 		conn.SetWriteDeadline(time.Now().Add(time.Second))
