@@ -11,10 +11,10 @@ DEMOTIME  ?= 20s
 BIN       := bin
 
 # Packages with fuzz targets, and their targets (kept in sync by `make fuzz-list`).
-FUZZ_TARGETS := schema:FuzzVerify shm:FuzzSegmentHeader shm:FuzzRingConsumer
+FUZZ_TARGETS := schema:FuzzVerify schema:FuzzParseJSON shm:FuzzSegmentHeader shm:FuzzRingConsumer sidecar:FuzzFilter
 
 .DEFAULT_GOAL := help
-.PHONY: help build test fmt-check deps-check vet generate generate-check test-race test-allocs bench bench-e2e fuzz fuzz-list lint demo clean
+.PHONY: help build test test-perf fmt-check deps-check vet generate generate-check test-race test-allocs bench bench-e2e fuzz fuzz-list lint demo clean
 
 help: ## Show this help.
 	@echo "framebus — shared-memory message bus for multiprocess IoT gateways"
@@ -28,7 +28,7 @@ build: ## Build every package and bin/framebus.
 	$(GO) build ./...
 	$(GO) build -o $(BIN)/framebus ./cmd/framebus
 
-test: fmt-check vet fuzz-list deps-check generate-check test-allocs test-race ## What CI runs: gofmt, vet, fuzz-target list, generated-code check, race tests, allocation tests.
+test: fmt-check vet fuzz-list deps-check generate-check test-allocs test-perf test-race ## What CI runs: gofmt, vet, fuzz-target list, generated-code check, allocation and performance-ratio tests, race tests.
 
 fmt-check: ## Fail if gofmt would change a file.
 	@out=$$(gofmt -l $$(find . -name '*.go' -not -path './.git/*')); \
@@ -56,6 +56,9 @@ test-race: ## go test -race ./...
 
 test-allocs: ## Allocation tests, without -race (its instrumentation allocates, so they skip under it).
 	$(GO) test -count 1 -run 'Allocs' ./schema ./shm ./wal
+
+test-perf: ## Tests that compare throughput, without -race (its instrumentation distorts the ratios; under -race they check only correctness).
+	$(GO) test -count 1 -run 'TestSlowSubscriber' ./test
 
 bench: ## Benchmarks (shm rings vs Unix socket, encoders); results into $(BENCHOUT) and a median table.
 	$(GO) test -run '^$$' -bench . -benchmem -count $(BENCHCOUNT) -timeout 60m ./shm ./schema ./wal | tee $(BENCHOUT)

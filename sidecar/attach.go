@@ -75,6 +75,46 @@ func (s *Sidecar) serve(c *net.UnixConn) {
 		s.reply(c, &shm.Message{Op: shm.OpError, Code: shm.CodeDenied, Message: why})
 		return
 	}
+	switch hello.Role {
+	case "", shm.RoleProducer:
+	case shm.RoleSubscriber, shm.RoleRequester:
+		if !s.trackConn(c) {
+			s.reply(c, &shm.Message{Op: shm.OpError, Code: shm.CodeShutdown, Message: "the sidecar is shutting down; retry when it is back"})
+			return
+		}
+		defer s.untrackConn(c)
+	}
+	switch hello.Role {
+	case "", shm.RoleProducer:
+	case shm.RoleSubscriber:
+		sub, code, err := s.attachSubscriber(cred, &hello, c)
+		if err != nil {
+			log.Warn("subscription refused", "code", code, "err", err)
+			s.reply(c, &shm.Message{Op: shm.OpError, Code: code, Message: err.Error()})
+			return
+		}
+		c.SetReadDeadline(time.Time{})
+		if !s.reply(c, &shm.Message{Op: shm.OpWelcome, Version: shm.ProtocolVersion, Segment: s.seg.Path(), Slot: sub.slot,
+			Generation: sub.gen, Epoch: s.epoch, RingBytes: sub.ring.Capacity(), Seq: sub.next.Load()}) {
+			sub.end()
+			s.subs.remove(sub)
+			s.seg.FreeRing(sub.slot)
+			return
+		}
+		s.serveSubscriber(sub, c, buf)
+		return
+	case shm.RoleRequester:
+		c.SetReadDeadline(time.Time{})
+		if !s.reply(c, &shm.Message{Op: shm.OpWelcome, Version: shm.ProtocolVersion, Epoch: s.epoch}) {
+			return
+		}
+		s.serveRequester(c, buf, log)
+		return
+	default:
+		log.Warn("unknown role", "role", hello.Role)
+		s.reply(c, &shm.Message{Op: shm.OpError, Code: shm.CodeBadHello, Message: fmt.Sprintf("role %q: want producer, subscriber or requester", hello.Role)})
+		return
+	}
 	p, code, err := s.attachProducer(cred, &hello, c)
 	if err != nil {
 		log.Warn("attach refused", "producer", hello.Producer, "code", code, "err", err)
@@ -107,6 +147,17 @@ func (s *Sidecar) serve(c *net.UnixConn) {
 			p.conn.Store(nil)
 			s.retire(p)
 			return
+		}
+		if err == nil && m.Op == shm.OpServe {
+			srv, err := s.router.serve(p, m.Targets)
+			if err != nil {
+				log.Warn("command registration refused", "err", err)
+				s.reply(c, &shm.Message{Op: shm.OpError, Code: shm.CodeBadHello, Message: err.Error()})
+				continue
+			}
+			log.Info("driver serves commands", "targets", strings.Join(srv.targets, ","), "command_slot", srv.slot)
+			s.reply(c, &shm.Message{Op: shm.OpServing, Slot: srv.slot, Generation: srv.gen, RingBytes: commandRingBytes, Targets: srv.targets})
+			continue
 		}
 		if err == nil {
 			err = fmt.Errorf("unexpected %q", m.Op)
@@ -270,6 +321,24 @@ func (s *Sidecar) attachProducer(cred *unix.Ucred, hello *shm.Message, c *net.Un
 	s.ringsVersion.Add(1)
 	s.wake.Wake()
 	return p, "", nil
+}
+
+// trackConn registers a subscriber's or requester's connection for
+// Shutdown to close; false if the sidecar is stopping.
+func (s *Sidecar) trackConn(c *net.UnixConn) bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.mu.stopping {
+		return false
+	}
+	s.mu.conns[c] = true
+	return true
+}
+
+func (s *Sidecar) untrackConn(c *net.UnixConn) {
+	s.mu.Lock()
+	delete(s.mu.conns, c)
+	s.mu.Unlock()
 }
 
 // retire marks a driver gone and wakes the drain loop to drain and free its

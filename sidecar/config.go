@@ -63,6 +63,11 @@ type Config struct {
 	// MetricsAddr (metrics_addr) is the host:port of /metrics, /healthz and
 	// /readyz; "off" disables the listener. Zero means 127.0.0.1:9464.
 	MetricsAddr string
+	// HTTPAddr (http_addr) is the host:port of the HTTP API (/v1/frames,
+	// /v1/commands, /v1/status). It can send commands to devices: keep it
+	// on loopback unless a proxy with authentication fronts it. "off"
+	// disables it. Zero means 127.0.0.1:9465.
+	HTTPAddr string
 
 	// WALFlush (wal_flush_ms) is the group-commit interval: the WAL commits
 	// when its oldest pending frame is this old (or its pending bytes reach
@@ -84,6 +89,16 @@ type Config struct {
 	// bandwidth) or "none". Zero means s2. A WAL may hold both kinds;
 	// readers handle either.
 	WALCompression string
+	// CursorPolicy (cursor_policy) is what retention does with frames a
+	// durable subscriber cursor has not acked: "retain" holds deletion (the
+	// WAL grows past wal_max_bytes; at CursorMaxBytes the sidecar raises
+	// PAUSE rather than lose them) or "drop" deletes them anyway, advances
+	// the cursor and counts the frames lost per cursor. Zero means retain.
+	CursorPolicy string
+	// CursorMaxBytes (cursor_max_bytes) is the hard cap of the retain
+	// policy: a WAL held above this size by unacked cursors raises PAUSE
+	// until the cursors ack or are deleted. Zero means 2 × wal_max_bytes.
+	CursorMaxBytes int64
 
 	// BackpressureThreshold (backpressure_threshold) is the fill of the WAL
 	// write queue at which the sidecar raises the global PAUSE flag; it
@@ -223,6 +238,7 @@ func (c *Config) ensureDefaults(getenv func(string) string, uid int) {
 	setIfZero(&c.RunDir, defaultRunDir(getenv, uid))
 	setIfZero(&c.WALDir, defaultWALDir(getenv, uid))
 	setIfZero(&c.MetricsAddr, p.MetricsAddr)
+	setIfZero(&c.HTTPAddr, p.HTTPAddr)
 	setIfZero(&c.WALFlush, p.WALFlush)
 	setIfZero(&c.WALMaxBytes, p.WALMaxBytes)
 	setIfZero(&c.BackpressureThreshold, p.BackpressureThreshold)
@@ -237,6 +253,7 @@ func (c *Config) ensureDefaults(getenv func(string) string, uid int) {
 	setIfZero(&c.LogLevel, p.LogLevel)
 	setIfZero(&c.LogFormat, p.LogFormat)
 	setIfZero(&c.WALCompression, p.WALCompression)
+	setIfZero(&c.CursorPolicy, p.CursorPolicy)
 	c.deriveSizes()
 	if len(c.AllowUIDs) == 0 {
 		c.AllowUIDs = nil
@@ -400,6 +417,13 @@ func (c *Config) Validate() error {
 			add("metrics_addr (%q) has an invalid port %q: use a number in 0..65535", c.MetricsAddr, port)
 		}
 	}
+	if c.HTTPAddr != MetricsOff {
+		if _, port, err := net.SplitHostPort(c.HTTPAddr); err != nil {
+			add("http_addr (%q) is not host:port: write e.g. %s, or %q to disable the HTTP API", c.HTTPAddr, DefaultHTTPAddr, MetricsOff)
+		} else if n, err := strconv.ParseUint(port, 10, 16); err != nil || (n == 0 && port != "0") {
+			add("http_addr (%q) has an invalid port %q: use a number in 0..65535", c.HTTPAddr, port)
+		}
+	}
 
 	if d := c.WALFlush.Duration; d <= 0 || d > maxFlush {
 		add("wal_flush_ms (%s) must be more than 0 and at most %s: e.g. 5 (ms) or \"500us\"", c.WALFlush, maxFlush)
@@ -483,6 +507,12 @@ func (c *Config) Validate() error {
 
 	if !slices.Contains([]string{"debug", "info", "warn", "error"}, c.LogLevel) {
 		add("log_level (%q) is unknown: choose debug, info, warn or error", c.LogLevel)
+	}
+	if !slices.Contains([]string{"retain", "drop"}, c.CursorPolicy) {
+		add("cursor_policy (%q) is unknown: choose retain or drop", c.CursorPolicy)
+	}
+	if c.CursorMaxBytes < c.WALMaxBytes {
+		add("cursor_max_bytes (%s) must be at least wal_max_bytes (%s)", formatBytes(c.CursorMaxBytes), formatBytes(c.WALMaxBytes))
 	}
 	if !slices.Contains([]string{"s2", "none"}, c.WALCompression) {
 		add("wal_compression (%q) is unknown: choose s2 or none", c.WALCompression)
@@ -591,6 +621,9 @@ var configKeys = []configKey{
 	{key: "metrics_addr", group: groupGeneral, arg: "ADDR", kind: kindString, def: `"127.0.0.1:9464"`,
 		help: `host:port of /metrics, /healthz and /readyz; "off" disables them`,
 		ptr:  func(c *Config) any { return &c.MetricsAddr }},
+	{key: "http_addr", group: groupGeneral, arg: "ADDR", kind: kindString, def: `"127.0.0.1:9465"`,
+		help: `host:port of the HTTP API (/v1/frames, /v1/commands, /v1/status); keep it on loopback; "off" disables it`,
+		ptr:  func(c *Config) any { return &c.HTTPAddr }},
 
 	{key: "wal_flush_ms", group: groupWAL, arg: "MS", kind: kindMillis,
 		help: `group-commit interval, ms (or a duration: "500us"); bounds publish-to-durable latency`,
@@ -604,6 +637,12 @@ var configKeys = []configKey{
 	{key: "wal_compression", group: groupWAL, arg: "ALGO", kind: kindEnum, def: `"s2"`,
 		help: "compression of WAL segments: s2 or none",
 		ptr:  func(c *Config) any { return &c.WALCompression }},
+	{key: "cursor_policy", group: groupWAL, arg: "POLICY", kind: kindEnum, def: `"retain"`,
+		help: "retention against unacked durable cursors: retain (hold deletion, PAUSE at cursor_max_bytes) or drop (delete, count lost frames)",
+		ptr:  func(c *Config) any { return &c.CursorPolicy }},
+	{key: "cursor_max_bytes", group: groupWAL, arg: "BYTES", kind: kindBytes, def: "2 × wal_max_bytes",
+		help: "retain policy's hard cap: above it the sidecar raises PAUSE until cursors ack",
+		ptr:  func(c *Config) any { return &c.CursorMaxBytes }},
 
 	{key: "backpressure_threshold", group: groupBackp, arg: "FRACTION", kind: kindFraction,
 		help: `WAL write-queue fill that raises the global PAUSE (0.9 or "90%")`,

@@ -66,6 +66,7 @@ func TestPresetValues(t *testing.T) {
 		Name: "default", ShmDir: "/dev/shm", MetricsAddr: "127.0.0.1:9464",
 		MaxBatchSize: 2000, BatchFlush: cfgMs(1), MaxMemoryBytes: 8 << 20,
 		MaxRings: 64, LogLevel: "info", LogFormat: "text", WALCompression: "s2",
+		HTTPAddr: "127.0.0.1:9465", CursorPolicy: "retain",
 	}
 	// header 8 KiB + 64 directory slots (16 KiB) + 8 × (ring + 4 KiB control page)
 	shmFor := func(ring int64) int64 { return 8<<10 + 16<<10 + 8*(ring+4<<10) }
@@ -103,6 +104,7 @@ func TestPresetValues(t *testing.T) {
 			w := common
 			w.Preset = name
 			want[name](&w)
+			w.CursorMaxBytes = 2 * w.WALMaxBytes
 			if !reflect.DeepEqual(got, w) {
 				t.Errorf("Preset(%q) =\n%+v\nwant\n%+v", name, got, w)
 			}

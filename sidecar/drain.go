@@ -32,6 +32,7 @@ func (s *Sidecar) drainLoop() {
 	lastHouse := time.Time{}
 	for {
 		s.applyReleases()
+		s.runAfterPass()
 		ver := s.ringsVersion.Load()
 		ps := s.snapshot()
 		total := 0
@@ -70,7 +71,7 @@ func (s *Sidecar) drainLoop() {
 			continue
 		default:
 		}
-		if total > 0 && total < s.cfg.MaxBatchSize {
+		if total > 0 && total < s.cfg.MaxBatchSize && !s.latencySensitive() {
 			// A short pass: let the rings fill for a moment rather than
 			// chase the producers record by record (every pass costs a
 			// WAL append and its lock, and the cache lines it reads
@@ -88,6 +89,17 @@ func (s *Sidecar) drainLoop() {
 			cancel()
 		}
 	}
+}
+
+// latencySensitive reports whether someone waits on the drain loop for
+// each frame: a live-only subscriber, or a requester whose command is in
+// flight (its acks come through the rings). The drain loop then does not
+// pause to batch.
+func (s *Sidecar) latencySensitive() bool {
+	if lp := s.subs.live.Load(); lp != nil && len(*lp) > 0 {
+		return true
+	}
+	return s.router.pending.Load() > 0
 }
 
 // stopRequested reports whether Shutdown asked the drain loop to finish.
@@ -210,6 +222,9 @@ func (d *drainer) drainRing(p *producer) int {
 			reason = err.Error()
 			return
 		}
+		if schema.Kind(rec.Type) == schema.KindAck {
+			s.router.onAck(buf)
+		}
 		d.frames = append(d.frames, wal.Frame{Kind: rec.Type, Data: buf})
 	})
 	var corrupt *shm.CorruptError
@@ -229,7 +244,8 @@ func (d *drainer) drainRing(p *producer) int {
 		t1 := time.Now()
 		// Frames and the ring's new read position go into the same WAL
 		// transaction: a restarted sidecar resumes exactly after them.
-		if _, err := s.wal.AppendFrom(p.key, end, d.frames...); err != nil {
+		last, err := s.wal.AppendFrom(p.key, end, d.frames...)
+		if err != nil {
 			// The WAL's memory queue is full (its disk is failing): leave
 			// the frames in the ring, where they are safe, and push back.
 			p.cons.Seek(start)
@@ -243,6 +259,7 @@ func (d *drainer) drainRing(p *producer) int {
 			d.queueFull = true
 			return 0
 		}
+		s.feedLive(d.frames, last)
 		s.m.batchSend.Observe(time.Since(t1).Seconds())
 		s.m.batchFlush.Observe(time.Since(t0).Seconds())
 		s.m.batchSize.Observe(float64(len(d.frames)))
@@ -270,8 +287,16 @@ func (s *Sidecar) housekeeping(ps []*producer, queueFull bool) {
 	if queueFull {
 		fill = 1
 	}
-	if fill >= c.BackpressureThreshold {
-		if s.seg.Flags()&shm.FlagPause == 0 {
+	// The retain policy's hard cap: unacked cursors hold more WAL than
+	// cursor_max_bytes.
+	held := c.CursorPolicy == "retain" && s.wal.Stats().FootprintBytes > c.CursorMaxBytes
+	if held && !s.heldPause {
+		s.log.Error("unacked durable cursors hold the WAL above cursor_max_bytes: pausing producers until they ack (or use cursor_policy drop)",
+			"cursor_max_bytes", c.CursorMaxBytes)
+	}
+	s.heldPause = held
+	if fill >= c.BackpressureThreshold || held {
+		if s.seg.Flags()&shm.FlagPause == 0 && !held {
 			s.log.Warn("WAL write queue above the backpressure threshold: pausing producers", "pending_bytes", pend, "pending_frames", frames)
 		}
 		s.seg.SetFlags(shm.FlagPause)
@@ -319,6 +344,8 @@ func (s *Sidecar) freeProducer(p *producer) {
 	s.mu.Unlock()
 	s.seg.FreeRing(p.slot)
 	s.wal.DeletePosition(p.key)
+	// After the drain: the acks it held have reached the router.
+	s.router.unserve(p, "exited")
 	s.m.detaches.Inc()
 	s.log.Info("driver gone, ring drained and freed", "producer", p.name, "slot", p.slot, "frames", p.published.Load())
 }

@@ -12,6 +12,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/collectors"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 
+	"github.com/framebus/framebus/schema"
 	"github.com/framebus/framebus/shm"
 	"github.com/framebus/framebus/wal"
 )
@@ -37,6 +38,12 @@ type metrics struct {
 	batchFlush     prometheus.Histogram
 	committed      prometheus.Counter
 	committedBytes prometheus.Counter
+
+	commands        prometheus.Counter
+	commandsFinal   *prometheus.CounterVec
+	commandLatency  prometheus.Histogram
+	commandsExpired prometheus.Counter
+	lateAcks        prometheus.Counter
 }
 
 func newMetrics(s *Sidecar) *metrics {
@@ -69,9 +76,22 @@ func newMetrics(s *Sidecar) *metrics {
 	// The seed's batch flush buckets: 0.01 … 25 ms.
 	m.batchFlush = h("framebus_batch_flush_duration_seconds", "Time to drain one batch from a ring: poll, copy, verify and append to the WAL queue.",
 		[]float64{0.00001, 0.00005, 0.0001, 0.0005, 0.001, 0.005, 0.01, 0.025})
+	m.commands = f("framebus_commands_total", "Commands received from requesters.")
+	m.commandsExpired = f("framebus_commands_expired_total", "Commands the sidecar expired because no final ack came before their deadline.")
+	m.lateAcks = f("framebus_command_late_acks_total", "Acks for commands no longer in flight (after EXPIRED or FAILED) or unknown.")
+	m.commandsFinal = prometheus.NewCounterVec(prometheus.CounterOpts{Name: "framebus_commands_finished_total",
+		Help: "Commands by final stage (COMPLETED, REJECTED, EXPIRED, FAILED)."}, []string{"stage"})
+	m.reg.MustRegister(m.commandsFinal)
+	m.commandLatency = h("framebus_command_duration_seconds", "Time from a command's arrival to its final ack.",
+		[]float64{0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1, 5, 30})
 	m.reg.MustRegister(stateCollector{s})
 	m.reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	return m
+}
+
+func (m *metrics) observeCommand(stage schema.AckStage, d time.Duration) {
+	m.commandsFinal.WithLabelValues(stage.String()).Inc()
+	m.commandLatency.Observe(d.Seconds())
 }
 
 func (m *metrics) observeCommit(c wal.Commit) {
@@ -135,11 +155,17 @@ var (
 	descLagFrames    = prometheus.NewDesc("framebus_durable_lag_frames", "Frames appended to the WAL but not yet committed (WAL sequence minus the durable watermark).", nil, nil)
 	descLagSeconds   = prometheus.NewDesc("framebus_durable_lag_seconds", "While frames wait for a commit: time since the durable watermark last advanced; 0 when everything appended is durable.", nil, nil)
 	descWALBytes     = prometheus.NewDesc("framebus_wal_bytes", "Frame bytes stored in the WAL after retention.", nil, nil)
+	descSubLag       = prometheus.NewDesc("framebus_subscriber_lag_frames", "Committed frames a subscriber has not been handed yet (durable watermark minus its position).", []string{"subscriber"}, nil)
+	descSubLagSec    = prometheus.NewDesc("framebus_subscriber_lag_seconds", "While a subscriber lags: time since it was last caught up with the durable watermark; 0 when caught up.", []string{"subscriber"}, nil)
+	descSubDelivered = prometheus.NewDesc("framebus_subscriber_delivered_total", "Frames written to a subscriber's egress ring.", []string{"subscriber"}, nil)
+	descSubLost      = prometheus.NewDesc("framebus_subscriber_lost_total", "Frames a subscriber will never receive: deleted by retention before it read them, or a live-only ring was full.", []string{"subscriber"}, nil)
+	descCursorLost   = prometheus.NewDesc("framebus_cursor_lost_total", "Frames retention deleted before a durable cursor acked them (cursor_policy drop).", []string{"cursor"}, nil)
 )
 
 func (c stateCollector) Describe(ch chan<- *prometheus.Desc) {
 	for _, d := range []*prometheus.Desc{descRingUsed, descRingCap, descPublished, descDropped, descProdRejected, descProducers, descPaused,
-		descRingPaused, descDegraded, descBacklog, descBacklogBytes, descDurable, descLagFrames, descLagSeconds, descWALBytes} {
+		descRingPaused, descDegraded, descBacklog, descBacklogBytes, descDurable, descLagFrames, descLagSeconds, descWALBytes,
+		descSubLag, descSubLagSec, descSubDelivered, descSubLost, descCursorLost} {
 		ch <- d
 	}
 }
@@ -181,6 +207,25 @@ func (c stateCollector) Collect(ch chan<- prometheus.Metric) {
 	ch <- prometheus.MustNewConstMetric(descLagFrames, prometheus.GaugeValue, float64(last-min(durable, last)))
 	ch <- prometheus.MustNewConstMetric(descLagSeconds, prometheus.GaugeValue, lagSeconds)
 	ch <- prometheus.MustNewConstMetric(descWALBytes, prometheus.GaugeValue, float64(s.wal.Stats().StoredBytes))
+	top := durable
+	for _, sub := range s.subs.list() {
+		if sub.live {
+			top = last
+		}
+		lag, lagSec := 0.0, 0.0
+		if next := sub.next.Load(); next <= top {
+			lag = float64(top - next + 1)
+			lagSec = time.Since(time.Unix(0, sub.caughtUp.Load())).Seconds()
+		}
+		ch <- prometheus.MustNewConstMetric(descSubLag, prometheus.GaugeValue, lag, sub.label)
+		ch <- prometheus.MustNewConstMetric(descSubLagSec, prometheus.GaugeValue, lagSec, sub.label)
+		ch <- prometheus.MustNewConstMetric(descSubDelivered, prometheus.CounterValue, float64(sub.delivered.Load()), sub.label)
+		ch <- prometheus.MustNewConstMetric(descSubLost, prometheus.CounterValue, float64(sub.lost.Load()), sub.label)
+		top = durable
+	}
+	for name, c := range s.wal.Cursors() {
+		ch <- prometheus.MustNewConstMetric(descCursorLost, prometheus.CounterValue, float64(c.Lost), name)
+	}
 }
 
 func b2f(b bool) float64 {

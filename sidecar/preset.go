@@ -22,6 +22,8 @@ const (
 	DefaultName = "default"
 	// DefaultMetricsAddr is where /metrics, /healthz and /readyz listen.
 	DefaultMetricsAddr = "127.0.0.1:9464"
+	// DefaultHTTPAddr is where the HTTP API listens.
+	DefaultHTTPAddr = "127.0.0.1:9465"
 	// MetricsOff as metrics_addr disables the HTTP listener.
 	MetricsOff = "off"
 	// DefaultMaxRings is the number of ring directory slots.
@@ -93,6 +95,7 @@ func presetBase(name string) (c Config, ok bool) {
 		Preset:         name,
 		ShmDir:         shm.DefaultDir,
 		MetricsAddr:    DefaultMetricsAddr,
+		HTTPAddr:       DefaultHTTPAddr,
 		MaxBatchSize:   2000,
 		BatchFlush:     Duration{time.Millisecond},
 		MaxMemoryBytes: 8 << 20,
@@ -100,6 +103,7 @@ func presetBase(name string) (c Config, ok bool) {
 		LogLevel:       "info",
 		LogFormat:      "text",
 		WALCompression: "s2",
+		CursorPolicy:   "retain",
 	}
 	ok = true
 	switch name {
@@ -178,6 +182,9 @@ func DeriveShmBytes(maxRings, ringBytes int) int64 {
 func (c *Config) deriveSizes() {
 	if c.MaxRingBytes == 0 && c.RingBytes > 0 {
 		c.MaxRingBytes = min(DefaultMaxRingFactor*c.RingBytes, max(c.RingBytes, shm.MaxRingCapacity))
+	}
+	if c.CursorMaxBytes == 0 && c.WALMaxBytes > 0 {
+		c.CursorMaxBytes = 2 * c.WALMaxBytes
 	}
 	if c.ShmBytes == 0 && c.RingBytes > 0 && c.MaxRings > 0 {
 		c.ShmBytes = DeriveShmBytes(c.MaxRings, c.RingBytes)

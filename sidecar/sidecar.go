@@ -44,8 +44,22 @@ type Sidecar struct {
 		stopping  bool
 		releases  map[string]uint64 // committed positions to release, by source key
 		durable   uint64
+		afterPass []func()               // run by the drain loop between passes (afterDrainPass)
+		conns     map[*net.UnixConn]bool // subscriber and requester connections, closed by Shutdown
 	}
-	wake shm.Event // the segment's doorbell: the drain loop sleeps on it
+	feeders  sync.WaitGroup // subscription feeders (they write rings and read the WAL)
+	subs     subscriberSet
+	router   *router
+	commitMu sync.Mutex
+	commitC  chan struct{} // closed and replaced at every WAL commit
+	// heldPause: PAUSE is up because cursors hold the WAL above
+	// cursor_max_bytes (drain goroutine).
+	heldPause bool
+	api       *httpAPI
+	lostMu    sync.Mutex
+	lostLog   map[string]*lostLog // onCursorLost's rate limit
+	apiAddr   string              // the HTTP API's listening address, "" if off
+	wake      shm.Event           // the segment's doorbell: the drain loop sleeps on it
 	// ringsVersion changes whenever a ring is added: the drain loop,
 	// asleep with its list of rings, must take a new one.
 	ringsVersion atomic.Uint64
@@ -111,6 +125,9 @@ func newSidecar(cfg Config, log *slog.Logger, hooks *wal.Hooks) (*Sidecar, error
 	s.lastDurable.Store(time.Now().UnixNano())
 	s.mu.producers = map[int]*producer{}
 	s.mu.releases = map[string]uint64{}
+	s.mu.conns = map[*net.UnixConn]bool{}
+	s.commitC = make(chan struct{})
+	s.router = newRouter(s)
 	ok := false
 	defer func() {
 		if !ok {
@@ -141,6 +158,8 @@ func newSidecar(cfg Config, log *slog.Logger, hooks *wal.Hooks) (*Sidecar, error
 		MaxBatchBytes:  int(max(cfg.MaxMemoryBytes/4, 64<<10)),
 		MaxMemoryBytes: cfg.MaxMemoryBytes,
 		Compress:       cfg.WALCompression == "s2",
+		CursorPolicy:   cfg.CursorPolicy,
+		OnCursorLost:   s.onCursorLost,
 		OnCommit:       s.onCommit,
 		OnError:        s.onWALError,
 		Hooks:          hooks,
@@ -163,11 +182,19 @@ func newSidecar(cfg Config, log *slog.Logger, hooks *wal.Hooks) (*Sidecar, error
 		s.ln.Close()
 		return nil, fmt.Errorf("sidecar: metrics listener on %s: %w (set --metrics-addr, or \"off\")", cfg.MetricsAddr, err)
 	}
+	if err := s.serveHTTP(cfg.HTTPAddr); err != nil {
+		s.m.close()
+		if s.api != nil {
+			s.api.close()
+		}
+		s.ln.Close()
+		return nil, fmt.Errorf("sidecar: HTTP API listener on %s: %w (set --http-addr, or \"off\")", cfg.HTTPAddr, err)
+	}
 	ok = true
 	go s.drainLoop()
 	go s.acceptLoop()
 	s.log.Info("framebus sidecar running", "name", cfg.Name, "preset", cfg.Preset, "segment", s.seg.Path(),
-		"socket", cfg.SocketPath(), "wal", walDir, "epoch", s.epoch, "rings", len(s.mu.producers))
+		"socket", cfg.SocketPath(), "wal", walDir, "epoch", s.epoch, "rings", len(s.mu.producers), "http", s.apiAddr)
 	return s, nil
 }
 
@@ -246,6 +273,12 @@ func (s *Sidecar) resumeRings() error {
 	positions := s.wal.Positions()
 	live := map[string]bool{}
 	for _, info := range s.seg.Rings() {
+		if info.Kind == shm.KindEgress || info.Kind == shm.KindCommand {
+			// A previous sidecar's subscription or command ring: its
+			// users attach again and get new ones.
+			s.seg.FreeRing(info.Slot)
+			continue
+		}
 		ring, err := s.seg.Ring(info.Slot)
 		if err != nil {
 			s.log.Warn("freeing an unusable ring directory slot", "slot", info.Slot, "err", err)
@@ -339,6 +372,33 @@ func (s *Sidecar) onCommit(c wal.Commit) {
 	}
 	s.m.observeCommit(c)
 	s.wake.Wake()
+	s.signalCommit()
+}
+
+// onCursorLost logs frames retention deleted before a cursor acked them.
+// At most one line per cursor a second: the frames since the last line.
+func (s *Sidecar) onCursorLost(name string, lost uint64) {
+	s.lostMu.Lock()
+	defer s.lostMu.Unlock()
+	if s.lostLog == nil {
+		s.lostLog = map[string]*lostLog{}
+	}
+	l := s.lostLog[name]
+	if l == nil {
+		l = &lostLog{}
+		s.lostLog[name] = l
+	}
+	l.frames += lost
+	if now := time.Now(); now.Sub(l.last) >= time.Second {
+		s.log.Warn("retention deleted frames a durable cursor had not acked (cursor_policy drop)", "cursor", name, "frames", l.frames,
+			"since", l.last.Format(time.RFC3339))
+		l.frames, l.last = 0, now
+	}
+}
+
+type lostLog struct {
+	frames uint64
+	last   time.Time
 }
 
 func (s *Sidecar) onWALError(err error) {
@@ -372,8 +432,18 @@ func (s *Sidecar) Shutdown(ctx context.Context) error {
 				c.Close()
 			}
 		}
+		for c := range s.mu.conns {
+			c.Close() // subscribers and requesters
+		}
 		s.mu.Unlock()
+		for _, sub := range s.subs.list() {
+			sub.end()
+		}
+		if s.api != nil {
+			s.api.close()
+		}
 		s.conns.Wait()
+		s.feeders.Wait()
 		s.release()
 	})
 	return s.shutErr

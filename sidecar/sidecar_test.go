@@ -28,7 +28,7 @@ func testConfig(t testing.TB, extra ...string) Config {
 	t.Helper()
 	base := t.TempDir()
 	args := append([]string{"--name", fmt.Sprintf("unit-%d", testBus.Add(1)), "--shm-dir", base, "--run-dir", filepath.Join(base, "run"),
-		"--wal-dir", filepath.Join(base, "wal"), "--metrics-addr", "off", "--ring-bytes", "1048576", "--max-rings", "8"}, extra...)
+		"--wal-dir", filepath.Join(base, "wal"), "--metrics-addr", "off", "--http-addr", "off", "--ring-bytes", "1048576", "--max-rings", "8"}, extra...)
 	cfg, _, err := LoadConfig(args, nil)
 	if err != nil {
 		t.Fatal(err)

@@ -70,7 +70,7 @@ func newBus(t testing.TB, extra ...string) *bus {
 
 func (b *bus) runArgs() []string {
 	return append([]string{"run", "--name", b.name, "--shm-dir", b.shmDir, "--run-dir", b.runDir, "--wal-dir", b.walDir,
-		"--metrics-addr", "off"}, b.extra...)
+		"--metrics-addr", "off", "--http-addr", "off"}, b.extra...)
 }
 
 // proc is a framebus process started by a test; it is killed and reaped

@@ -90,7 +90,7 @@ func demo(ctx context.Context, out, errw io.Writer, o demoOpts) error {
 		return err
 	}
 	defer sidecarLog.Close()
-	sc := exec.Command(exe, "run", "--name", name, "--preset", o.preset, "--shm-dir", o.shmDir, "--run-dir", runDir, "--wal-dir", walDir, "--metrics-addr", metrics)
+	sc := exec.Command(exe, "run", "--name", name, "--preset", o.preset, "--shm-dir", o.shmDir, "--run-dir", runDir, "--wal-dir", walDir, "--metrics-addr", metrics, "--http-addr", "off")
 	sc.Stdout, sc.Stderr = sidecarLog, sidecarLog
 	sc.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
 	if err := sc.Start(); err != nil {

@@ -1,0 +1,338 @@
+package sidecar
+
+import (
+	"context"
+	"fmt"
+	"log/slog"
+	"net"
+	"slices"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/framebus/framebus/schema"
+	"github.com/framebus/framebus/shm"
+	"github.com/framebus/framebus/wal"
+)
+
+// Commands.
+//
+// A driver registers the targets it serves (serve on its socket); the
+// sidecar gives it a command ring, which the sidecar writes and the driver
+// reads. A requester (a process on the socket, or the HTTP API) sends a
+// Command; the router assigns it a bus-wide id, writes it to the serving
+// driver's ring and to the WAL, and waits for the driver's acks, which come
+// back through the driver's ingress ring like any frame (the drain loop
+// hands them to the router, and they go to the WAL with the rest). The
+// router forwards every stage to the requester and enforces the deadline:
+// past it, it issues EXPIRED itself, and a later ack from the driver is
+// counted as late and logged. No driver for the target: REJECTED at once. A
+// driver that goes away with commands in flight: those are FAILED.
+
+// defaultCommandTimeout applies to a command without a deadline.
+const defaultCommandTimeout = 30 * time.Second
+
+// commandRingBytes is the size of a driver's command ring.
+const commandRingBytes = 256 << 10
+
+// maxTargets bounds how many targets one driver may serve.
+const maxTargets = 256
+
+// cmdServer is a driver that serves commands.
+type cmdServer struct {
+	p       *producer
+	targets []string
+	slot    int
+	gen     uint64
+	prod    *shm.Producer
+}
+
+// inflight is a command waiting for its final ack.
+type inflight struct {
+	id       uint64
+	target   string
+	srv      *cmdServer
+	reply    func(ack []byte) // sends a stage to the requester; nil if it left
+	start    time.Time
+	timer    *time.Timer
+	accepted bool
+}
+
+type router struct {
+	s  *Sidecar
+	mu sync.Mutex
+	// targets maps a target to the driver serving it.
+	targets  map[string]*cmdServer
+	inflight map[uint64]*inflight
+	nextID   uint64
+	enc      *schema.Encoder // under mu
+	pending  atomic.Int64    // len(inflight), for the drain loop
+}
+
+func newRouter(s *Sidecar) *router {
+	return &router{s: s, targets: map[string]*cmdServer{}, inflight: map[uint64]*inflight{}, enc: schema.NewEncoder(1024)}
+}
+
+func validTarget(t string) bool {
+	return t != "" && len(t) <= 64 && !strings.ContainsFunc(t, func(r rune) bool { return r <= 0x20 || r == 0x7f })
+}
+
+// serve registers driver p for targets and allocates its command ring.
+func (r *router) serve(p *producer, targets []string) (*cmdServer, error) {
+	if len(targets) == 0 || len(targets) > maxTargets {
+		return nil, fmt.Errorf("serve: %d targets; want 1 to %d", len(targets), maxTargets)
+	}
+	for _, t := range targets {
+		if !validTarget(t) {
+			return nil, fmt.Errorf("serve: target %q must be 1..64 printable characters without spaces", t)
+		}
+	}
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	for _, t := range targets {
+		if o := r.targets[t]; o != nil && o.p != p {
+			return nil, fmt.Errorf("serve: target %q is already served by producer %q (pid %d)", t, o.p.name, o.p.pid)
+		}
+	}
+	s := r.s
+	if old := r.serverOfLocked(p); old != nil {
+		// A second serve adds targets to the same ring.
+		for _, t := range targets {
+			if !slices.Contains(old.targets, t) {
+				old.targets = append(old.targets, t)
+			}
+			r.targets[t] = old
+		}
+		return old, nil
+	}
+	s.mu.Lock()
+	gen := s.epoch<<32 | uint64(s.mu.nextGen)
+	s.mu.nextGen++
+	s.mu.Unlock()
+	slot, err := s.seg.AllocRing(shm.RingSpec{Kind: shm.KindCommand, Capacity: commandRingBytes, Notify: shm.NotifyRing, Generation: gen,
+		Owner: shm.Owner{Pid: p.pid, UID: p.uid, Start: p.start, Name: p.name}})
+	if err != nil {
+		return nil, fmt.Errorf("no command ring: %w (raise max_rings or the segment size)", err)
+	}
+	ring, err := s.seg.Ring(slot)
+	var prod *shm.Producer
+	if err == nil {
+		prod, err = ring.Producer(sidecarProducerID)
+	}
+	if err != nil {
+		s.seg.FreeRing(slot)
+		return nil, err
+	}
+	srv := &cmdServer{p: p, targets: slices.Clone(targets), slot: slot, gen: gen, prod: prod}
+	for _, t := range targets {
+		r.targets[t] = srv
+	}
+	return srv, nil
+}
+
+func (r *router) serverOfLocked(p *producer) *cmdServer {
+	for _, srv := range r.targets {
+		if srv.p == p {
+			return srv
+		}
+	}
+	return nil
+}
+
+// unserve removes driver p: its in-flight commands fail, its command ring
+// is freed.
+func (r *router) unserve(p *producer, why string) {
+	r.mu.Lock()
+	srv := r.serverOfLocked(p)
+	if srv == nil {
+		r.mu.Unlock()
+		return
+	}
+	for t, o := range r.targets {
+		if o == srv {
+			delete(r.targets, t)
+		}
+	}
+	var failed []*inflight
+	for id, c := range r.inflight {
+		if c.srv == srv {
+			delete(r.inflight, id)
+			c.timer.Stop()
+			failed = append(failed, c)
+		}
+	}
+	r.pending.Store(int64(len(r.inflight)))
+	r.mu.Unlock()
+	for _, c := range failed {
+		r.finish(c, schema.AckFailed, fmt.Sprintf("driver %q %s with the command in flight", p.name, why))
+	}
+	r.s.seg.FreeRing(srv.slot)
+}
+
+// submit routes one command; reply receives every stage. It returns the
+// id assigned, or an error for a command that is not a valid Command.
+func (r *router) submit(buf []byte, reply func(ack []byte)) (uint64, error) {
+	if err := schema.Verify(schema.KindCommand, buf); err != nil {
+		return 0, fmt.Errorf("not a valid Command: %w", err)
+	}
+	var cmd schema.Command
+	if err := schema.DecodeCommand(buf, &cmd); err != nil {
+		return 0, fmt.Errorf("not a valid Command: %w", err)
+	}
+	s := r.s
+	r.mu.Lock()
+	r.nextID++
+	cmd.ID = s.epoch<<32 | r.nextID
+	if cmd.DeadlineNs == 0 {
+		cmd.DeadlineNs = time.Now().Add(defaultCommandTimeout).UnixNano()
+	}
+	enc := slices.Clone(r.enc.EncodeCommand(&cmd))
+	c := &inflight{id: cmd.ID, target: cmd.Target, reply: reply, start: time.Now()}
+	srv := r.targets[cmd.Target]
+	r.mu.Unlock()
+
+	s.m.commands.Inc()
+	if _, err := s.wal.Append(walFrame(schema.KindCommand, enc)); err != nil {
+		s.log.Warn("command not written to the WAL audit trail", "id", cmd.ID, "err", err)
+	}
+	if srv == nil {
+		r.finish(c, schema.AckRejected, fmt.Sprintf("no driver serves target %q", cmd.Target))
+		return cmd.ID, nil
+	}
+	until := time.Until(time.Unix(0, cmd.DeadlineNs))
+	if until <= 0 {
+		r.finish(c, schema.AckExpired, "the deadline had passed when the command arrived")
+		return cmd.ID, nil
+	}
+	r.mu.Lock()
+	if r.targets[cmd.Target] != srv {
+		r.mu.Unlock()
+		r.finish(c, schema.AckFailed, fmt.Sprintf("driver %q left before the command was delivered", srv.p.name))
+		return cmd.ID, nil
+	}
+	cl, err := srv.prod.Claim(uint16(schema.KindCommand), len(enc))
+	if err != nil {
+		r.mu.Unlock()
+		r.finish(c, schema.AckRejected, fmt.Sprintf("the command queue of driver %q is full (%v)", srv.p.name, err))
+		return cmd.ID, nil
+	}
+	copy(cl.Buf, enc)
+	c.srv = srv
+	c.timer = time.AfterFunc(until, func() { r.expire(c.id) })
+	r.inflight[c.id] = c
+	r.pending.Store(int64(len(r.inflight)))
+	srv.prod.Commit(cl)
+	r.mu.Unlock()
+	return cmd.ID, nil
+}
+
+// expire issues EXPIRED for a command still in flight at its deadline.
+func (r *router) expire(id uint64) {
+	r.mu.Lock()
+	c := r.inflight[id]
+	delete(r.inflight, id)
+	r.pending.Store(int64(len(r.inflight)))
+	r.mu.Unlock()
+	if c != nil {
+		r.s.m.commandsExpired.Inc()
+		r.finish(c, schema.AckExpired, "no final ack from the driver before the deadline")
+	}
+}
+
+// onAck takes an ack a driver published (drain goroutine; buf is verified).
+func (r *router) onAck(buf []byte) {
+	a := schema.RootCommandAck(buf)
+	id, stage := a.Id(), schema.AckStage(a.Stage())
+	r.mu.Lock()
+	c := r.inflight[id]
+	final := stage != schema.AckAccepted
+	if c != nil && final {
+		delete(r.inflight, id)
+		r.pending.Store(int64(len(r.inflight)))
+		c.timer.Stop()
+	}
+	if c != nil && !final {
+		c.accepted = true
+	}
+	r.mu.Unlock()
+	if c == nil {
+		r.s.m.lateAcks.Inc()
+		r.s.log.Warn("ack for a command that is not in flight (late after EXPIRED or FAILED, or unknown)", "id", id, "stage", stage.String())
+		return
+	}
+	if c.reply != nil {
+		c.reply(buf)
+	}
+	if final {
+		r.s.m.observeCommand(stage, time.Since(c.start))
+	}
+}
+
+// finish sends a final ack the sidecar issues itself, and writes it to the
+// WAL.
+func (r *router) finish(c *inflight, stage schema.AckStage, msg string) {
+	r.mu.Lock()
+	ack := slices.Clone(r.enc.EncodeCommandAck(&schema.CommandAck{ID: c.id, Stage: stage, Message: msg}))
+	r.mu.Unlock()
+	if _, err := r.s.wal.Append(walFrame(schema.KindAck, ack)); err != nil {
+		r.s.log.Warn("command ack not written to the WAL audit trail", "id", c.id, "err", err)
+	}
+	r.s.m.observeCommand(stage, time.Since(c.start))
+	lvl := slog.LevelInfo
+	if stage != schema.AckCompleted {
+		lvl = slog.LevelWarn
+	}
+	r.s.log.Log(context.Background(), lvl, "command finished by the sidecar", "id", c.id, "target", c.target, "stage", stage.String(), "reason", msg)
+	if c.reply != nil {
+		c.reply(ack)
+	}
+}
+
+// serveRequester runs a requester's connection: commands in, stages out.
+func (s *Sidecar) serveRequester(c *net.UnixConn, buf []byte, log *slog.Logger) {
+	var wmu sync.Mutex
+	alive := true
+	reply := func(ack []byte) {
+		wmu.Lock()
+		defer wmu.Unlock()
+		if alive {
+			s.reply(c, &shm.Message{Op: shm.OpStage, Frame: ack})
+		}
+	}
+	bad := 0
+	for {
+		n, err := c.Read(buf)
+		if err != nil {
+			break
+		}
+		m, err := shm.DecodeMessage(buf[:n])
+		if err == nil && m.Op == shm.OpBye {
+			break
+		}
+		if err == nil && m.Op == shm.OpCommand {
+			if _, err := s.router.submit(m.Frame, reply); err != nil {
+				s.reply(c, &shm.Message{Op: shm.OpError, Code: shm.CodeProtocol, Message: err.Error()})
+				log.Warn("bad command from requester", "err", err)
+			}
+			continue
+		}
+		if err == nil {
+			err = fmt.Errorf("unexpected %q", m.Op)
+		}
+		bad++
+		s.m.protocolErrors.Inc()
+		log.Warn("protocol error from requester", "err", err, "count", bad)
+		if bad >= maxProtocolErrors {
+			s.reply(c, &shm.Message{Op: shm.OpError, Code: shm.CodeProtocol, Message: "too many malformed messages"})
+			break
+		}
+	}
+	wmu.Lock()
+	alive = false
+	wmu.Unlock()
+}
+
+func walFrame(kind schema.Kind, data []byte) wal.Frame {
+	return wal.Frame{Kind: uint16(kind), Data: data}
+}
