@@ -1,5 +1,6 @@
-// Command framebus is the framebus command line: today the demo and version;
-// the sidecar (`framebus run`) and its tools follow.
+// Command framebus is the framebus command line: the sidecar (`framebus
+// run`), a synthetic or JSON-fed driver (publish), a subscriber that prints
+// frames (tail), a command sender (cmd), offline WAL tools and the demo.
 package main
 
 import (
@@ -15,6 +16,11 @@ const usage = `framebus — shared-memory message bus for multiprocess IoT gatew
 Usage:
   framebus run [flags]      run the sidecar (framebus run -h for every setting)
   framebus publish [flags]  publish synthetic frames as a driver and wait until durable
+                            (--stdin: frames given as JSON lines, as tail --json prints)
+  framebus tail [flags]     print the frames in the WAL that match a filter, or follow
+                            them (framebus tail -h)
+  framebus cmd [flags]      send a command to a driver and print its stages
+                            (framebus cmd -h)
   framebus wal stats|verify inspect a WAL offline
   framebus demo [flags]     a sidecar and simulated drivers for 20 s, with live
                             throughput (framebus demo -h)
@@ -68,6 +74,10 @@ func run(args []string, stdout, stderr io.Writer) int {
 		return runMain(args[1:], stdout, stderr)
 	case "publish":
 		return publishMain(args[1:], stdout, stderr)
+	case "tail":
+		return tailMain(args[1:], stdout, stderr)
+	case "cmd":
+		return cmdMain(args[1:], stdout, stderr)
 	case "wal":
 		return walMain(args[1:], stdout, stderr)
 	case "demo":

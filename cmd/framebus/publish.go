@@ -1,6 +1,8 @@
 package main
 
 import (
+	"bufio"
+	"bytes"
 	"context"
 	"errors"
 	"flag"
@@ -31,6 +33,8 @@ func publishMain(args []string, stdout, stderr io.Writer) int {
 	rate := fs.Float64("rate", 0, "frames per second (0: as fast as possible)")
 	policy := fs.String("policy", "block", "backpressure policy: block, drop-newest or error")
 	device := fs.String("device", "sim", "device name in every frame")
+	fromStdin := fs.Bool("stdin", false, "publish the frames read from stdin as JSON lines instead of synthetic ones (see above)")
+	skipBad := fs.Bool("skip-bad", false, "with --stdin: skip lines that are not frames, and count them (default: stop at the first, exit status 1)")
 	fs.Usage = func() {
 		fmt.Fprint(stderr, `Usage: framebus publish [flags]
 
@@ -38,6 +42,14 @@ Attaches to the sidecar as a driver and publishes synthetic DataFrames whose
 seq counts 0, 1, 2 ... (one template frame, values rewritten in place), then
 waits until the WAL has committed all of them and prints the rate and the
 publish-to-durable latency of the last frame.
+
+With --stdin it publishes the frames read from stdin instead, one JSON object
+per line in the mapping framebus tail --json prints (docs/json.md: "kind" is
+data when absent, and may be command or ack; "wal_seq" is ignored; blank
+lines are skipped), and prints the rate. A line that is not a frame stops it
+with an error naming the line (the frames before it are published and waited
+for); with --skip-bad such lines are reported, counted and skipped.
+--count, --points and --device describe synthetic frames: not with --stdin.
 
 Flags:
 `)
@@ -55,12 +67,24 @@ Flags:
 		fmt.Fprintln(stderr, "framebus publish: --policy must be block, drop-newest or error, and --points 1..1000")
 		return 2
 	}
+	if err := checkStdinFlags(fs, *fromStdin); err != nil {
+		fmt.Fprintln(stderr, "framebus publish:", err)
+		return 2
+	}
 	if *producer == "" {
 		*producer = fmt.Sprintf("publish-%d", os.Getpid())
 	}
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
-	if err := publish(ctx, stdout, client.Config{Name: *name, RunDir: *runDir, Producer: *producer, Policy: p}, *device, *count, *points, *rate); err != nil {
+	cfg := client.Config{Name: *name, RunDir: *runDir, Producer: *producer, Policy: p}
+	if *fromStdin {
+		if err := publishStdin(ctx, os.Stdin, stdout, stderr, cfg, *rate, *skipBad); err != nil {
+			fmt.Fprintln(stderr, "framebus publish:", err)
+			return 1
+		}
+		return 0
+	}
+	if err := publish(ctx, stdout, cfg, *device, *count, *points, *rate); err != nil {
 		fmt.Fprintln(stderr, "framebus publish:", err)
 		return 1
 	}
@@ -190,4 +214,172 @@ func (l *latencySampler) stop() (p50, p99 time.Duration, n int) {
 	}
 	slices.Sort(lats)
 	return lats[len(lats)/2], lats[min(len(lats)-1, len(lats)*99/100)], len(lats)
+}
+
+// checkStdinFlags reports flags that do not go with --stdin, or need it.
+func checkStdinFlags(fs *flag.FlagSet, fromStdin bool) error {
+	var errs []error
+	fs.Visit(func(f *flag.Flag) {
+		switch {
+		case fromStdin && (f.Name == "count" || f.Name == "points" || f.Name == "device"):
+			errs = append(errs, fmt.Errorf("--%s describes synthetic frames: not with --stdin", f.Name))
+		case !fromStdin && f.Name == "skip-bad":
+			errs = append(errs, errors.New("--skip-bad needs --stdin"))
+		}
+	})
+	if len(fs.Args()) > 0 {
+		errs = append(errs, fmt.Errorf("unexpected argument %q", fs.Arg(0)))
+	}
+	return errors.Join(errs...)
+}
+
+// publishStdin is `framebus publish --stdin`: it publishes the frames of the
+// JSON lines read from in, waits until they are durable and prints the
+// summary.
+func publishStdin(ctx context.Context, in io.Reader, out, errOut io.Writer, cfg client.Config, rate float64, skipBad bool) error {
+	dctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	pub, err := client.Dial(dctx, cfg)
+	cancel()
+	if err != nil {
+		return err
+	}
+	defer pub.Close()
+	start := time.Now()
+	var interval time.Duration
+	if rate > 0 {
+		interval = time.Duration(float64(time.Second) / rate)
+	}
+	next := start
+	res, readErr := readJSONFrames(ctx, in, skipBad, errOut, func(kind schema.Kind, frame []byte) error {
+		if interval > 0 {
+			if d := time.Until(next); d > 0 {
+				time.Sleep(d)
+			}
+			next = next.Add(interval)
+		}
+		return pub.PublishKind(ctx, kind, frame)
+	})
+	if ctx.Err() != nil {
+		readErr = nil // interrupted: wait for what was published, as publish does
+	}
+	published := time.Now()
+	wctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	if err := pub.WaitDurable(wctx); err != nil {
+		return errors.Join(readErr, fmt.Errorf("waiting for durability of %d frames: %w", res.frames, err))
+	}
+	durable := time.Now()
+	el := published.Sub(start).Seconds()
+	st := pub.Stats()
+	skipped := ""
+	if skipBad {
+		skipped = fmt.Sprintf("; %d bad lines skipped", res.bad)
+	}
+	fmt.Fprintf(out, "published %d frames (%d dropped, %d rejected%s) in %.2fs: %.0f frames/s; durable %.1f ms after the last publish\n",
+		st.Published, st.Dropped, st.Rejected, skipped, el, float64(st.Published)/el, float64(durable.Sub(published).Microseconds())/1000)
+	return readErr
+}
+
+// maxJSONLine bounds one input line of readJSONFrames (a variable for
+// tests).
+var maxJSONLine = 64 << 20
+
+// maxBadShown is how many skipped lines readJSONFrames reports one by one.
+const maxBadShown = 10
+
+// jsonFramesResult counts what readJSONFrames did.
+type jsonFramesResult struct {
+	lines  int    // lines read
+	frames uint64 // frames emit accepted
+	bad    uint64 // lines skipped as not frames (skipBad)
+}
+
+// readJSONFrames reads JSON lines from in, parses each with
+// schema.ParseJSON and calls emit with the frame, in order; blank lines are
+// skipped. A line that is not a frame ends it with an error naming the line,
+// unless skipBad: then the first maxBadShown such lines are reported to warn
+// and all are counted. An error from emit ends it too, naming the line. It
+// also returns when ctx is done.
+//
+// Lines are read and parsed by a goroutine, ahead of emit; if ctx ends while
+// that goroutine waits for input (a terminal), it stays blocked in Read
+// until the input ends: the process is about to exit.
+func readJSONFrames(ctx context.Context, in io.Reader, skipBad bool, warn io.Writer, emit func(schema.Kind, []byte) error) (jsonFramesResult, error) {
+	type parsed struct {
+		n     int
+		blank bool
+		kind  schema.Kind
+		frame []byte
+		err   error
+	}
+	lines := make(chan parsed, 256)
+	stop := make(chan struct{})
+	defer close(stop)
+	go func() {
+		defer close(lines)
+		send := func(p parsed) bool {
+			select {
+			case lines <- p:
+				return true
+			case <-stop:
+				return false
+			}
+		}
+		sc := bufio.NewScanner(in)
+		sc.Buffer(make([]byte, min(64<<10, maxJSONLine)), maxJSONLine)
+		n := 0
+		for sc.Scan() {
+			n++
+			p := parsed{n: n}
+			if b := bytes.TrimSpace(sc.Bytes()); len(b) == 0 {
+				p.blank = true
+			} else {
+				p.kind, p.frame, p.err = schema.ParseJSON(b)
+			}
+			if !send(p) {
+				return
+			}
+		}
+		if err := sc.Err(); err != nil {
+			if errors.Is(err, bufio.ErrTooLong) {
+				err = fmt.Errorf("longer than %d bytes", maxJSONLine)
+			}
+			send(parsed{n: n + 1, err: fmt.Errorf("reading stdin: %w", err)})
+		}
+	}()
+	var res jsonFramesResult
+	for {
+		var p parsed
+		var ok bool
+		select {
+		case p, ok = <-lines:
+		case <-ctx.Done():
+			return res, ctx.Err()
+		}
+		if !ok {
+			return res, nil
+		}
+		res.lines = p.n
+		switch {
+		case p.blank:
+			continue
+		case p.err != nil && errors.Is(p.err, schema.ErrJSON) && skipBad:
+			res.bad++
+			if res.bad <= maxBadShown {
+				fmt.Fprintf(warn, "framebus publish: line %d skipped: %v\n", p.n, p.err)
+			}
+			if res.bad == maxBadShown {
+				fmt.Fprintln(warn, "framebus publish: further bad lines are counted, not shown")
+			}
+			continue
+		case p.err != nil && errors.Is(p.err, schema.ErrJSON):
+			return res, fmt.Errorf("line %d: %w (the frames before it are published; --skip-bad skips such lines)", p.n, p.err)
+		case p.err != nil:
+			return res, fmt.Errorf("line %d: %w", p.n, p.err)
+		}
+		if err := emit(p.kind, p.frame); err != nil {
+			return res, fmt.Errorf("line %d: publish: %w", p.n, err)
+		}
+		res.frames++
+	}
 }
