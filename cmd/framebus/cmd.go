@@ -10,8 +10,10 @@ import (
 	"math"
 	"os"
 	"os/signal"
+	"slices"
 	"strconv"
 	"strings"
+	"sync"
 	"syscall"
 	"time"
 
@@ -31,6 +33,11 @@ is --timeout from now: past it the sidecar expires the command (EXPIRED), and
 cmd waits a second more for that stage. The exit status is 0 if the final
 stage is COMPLETED and 1 otherwise (REJECTED, EXPIRED, FAILED, or no final
 stage at all).
+
+With --repeat N it sends the command N times, --parallel at a time, and
+prints one summary line: how many ended in each stage, the ids seen more
+than once (none expected), and the round-trip latency p50/p99/max from send
+to final stage; the exit status is 0 if all were COMPLETED.
 
 VALUE is read as a bool (true, false), else an integer (i64; u64 above the
 int64 range), else a decimal number (f64), else a string. A prefix forces the
@@ -58,6 +65,8 @@ func cmdMain(args []string, stdout, stderr io.Writer) int {
 	kind := fs.String("kind", "write", "command kind: write, read or control")
 	timeout := fs.Duration("timeout", 2*time.Second, "the command's deadline, from now")
 	asJSON := fs.Bool("json", false, "print each stage as the ack's JSON object")
+	repeat := fs.Int("repeat", 1, "send the command this many times (each with its own deadline) and print a summary instead of the stages")
+	parallel := fs.Int("parallel", 1, "with --repeat: commands in flight at once")
 	fs.Usage = func() { fmt.Fprint(stderr, cmdUsage); fs.PrintDefaults() }
 	if err := fs.Parse(args); err != nil {
 		if errors.Is(err, flag.ErrHelp) {
@@ -72,6 +81,13 @@ func cmdMain(args []string, stdout, stderr io.Writer) int {
 	}
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
+	if *repeat < 1 || *parallel < 1 || *parallel > 4096 {
+		fmt.Fprintln(stderr, "framebus cmd: --repeat must be at least 1 and --parallel 1..4096")
+		return 2
+	}
+	if *repeat > 1 {
+		return cmdRepeat(ctx, stdout, stderr, cmd, opts, *timeout, *repeat, *parallel)
+	}
 	// The command's deadline is --timeout from now; the wait lasts a little
 	// longer, so that the sidecar's EXPIRED, issued at the deadline, is seen.
 	deadline := time.Now().Add(*timeout)
@@ -274,4 +290,82 @@ func appendStage(dst []byte, a *schema.CommandAck, asJSON bool) ([]byte, error) 
 	dst = append(dst, " id="...)
 	dst = strconv.AppendUint(dst, a.ID, 10)
 	return appendAckRest(dst, a), nil
+}
+
+// cmdRepeat is `framebus cmd --repeat N --parallel P`.
+func cmdRepeat(ctx context.Context, stdout, stderr io.Writer, cmd *schema.Command, opts client.CommandOptions, timeout time.Duration, n, parallel int) int {
+	type result struct {
+		ack schema.CommandAck
+		err error
+		rtt time.Duration
+	}
+	jobs := make(chan struct{})
+	results := make(chan result, parallel)
+	var wg sync.WaitGroup
+	for w := 0; w < parallel; w++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for range jobs {
+				c := *cmd
+				deadline := time.Now().Add(timeout)
+				c.DeadlineNs = deadline.UnixNano()
+				cctx, cancel := context.WithDeadline(ctx, deadline.Add(expiryGrace))
+				start := time.Now()
+				ack, err := client.SendCommand(cctx, &c, opts)
+				cancel()
+				results <- result{ack, err, time.Since(start)}
+			}
+		}()
+	}
+	go func() {
+		defer close(jobs)
+		for i := 0; i < n; i++ {
+			select {
+			case jobs <- struct{}{}:
+			case <-ctx.Done():
+				return
+			}
+		}
+	}()
+	go func() { wg.Wait(); close(results) }()
+	stages := map[string]int{}
+	seen := map[uint64]int{}
+	var rtts []time.Duration
+	var firstErr error
+	errs, dup := 0, 0
+	for r := range results {
+		if r.err != nil {
+			errs++
+			if firstErr == nil {
+				firstErr = r.err
+			}
+			continue
+		}
+		stages[r.ack.Stage.String()]++
+		if seen[r.ack.ID]++; seen[r.ack.ID] == 2 {
+			dup++
+		}
+		rtts = append(rtts, r.rtt)
+	}
+	slices.Sort(rtts)
+	pct := func(q float64) time.Duration {
+		if len(rtts) == 0 {
+			return 0
+		}
+		return rtts[min(len(rtts)-1, int(q*float64(len(rtts))))]
+	}
+	var parts []string
+	for _, st := range []schema.AckStage{schema.AckCompleted, schema.AckRejected, schema.AckExpired, schema.AckFailed} {
+		parts = append(parts, fmt.Sprintf("%s %d", st, stages[st.String()]))
+	}
+	fmt.Fprintf(stdout, "commands %d: %s, errors %d, duplicate ids %d; round trip p50 %v p99 %v max %v\n",
+		n, strings.Join(parts, " "), errs, dup, pct(0.5).Round(time.Microsecond), pct(0.99).Round(time.Microsecond), pct(1).Round(time.Microsecond))
+	if firstErr != nil {
+		fmt.Fprintln(stderr, "framebus cmd: first error:", firstErr)
+	}
+	if stages["COMPLETED"] == n && dup == 0 {
+		return 0
+	}
+	return 1
 }

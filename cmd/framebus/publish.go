@@ -12,6 +12,7 @@ import (
 	"os"
 	"os/signal"
 	"slices"
+	"strings"
 	"syscall"
 	"time"
 
@@ -34,6 +35,9 @@ func publishMain(args []string, stdout, stderr io.Writer) int {
 	policy := fs.String("policy", "block", "backpressure policy: block, drop-newest or error")
 	device := fs.String("device", "sim", "device name in every frame")
 	fromStdin := fs.Bool("stdin", false, "publish the frames read from stdin as JSON lines instead of synthetic ones (see above)")
+	serve := fs.String("serve-commands", "", "also serve commands for these targets (comma list), and keep serving after publishing until interrupted")
+	cmdDelay := fs.Duration("command-delay", 0, "with --serve-commands: time each command takes")
+	cmdReply := fs.String("command-reply", "completed", "with --serve-commands: final stage of every command: completed, failed, rejected, or none (answer only a second after the deadline: the sidecar expires it)")
 	skipBad := fs.Bool("skip-bad", false, "with --stdin: skip lines that are not frames, and count them (default: stop at the first, exit status 1)")
 	fs.Usage = func() {
 		fmt.Fprint(stderr, `Usage: framebus publish [flags]
@@ -50,6 +54,12 @@ lines are skipped), and prints the rate. A line that is not a frame stops it
 with an error naming the line (the frames before it are published and waited
 for); with --skip-bad such lines are reported, counted and skipped.
 --count, --points and --device describe synthetic frames: not with --stdin.
+
+With --serve-commands T1,T2 it is also a simulated command server for those
+targets: every command gets ACCEPTED, then after --command-delay the
+--command-reply stage, with the command's points as readback. After the
+frames are published it keeps serving until SIGINT or SIGTERM (--count 0
+with --rate publishes slowly meanwhile).
 
 Flags:
 `)
@@ -84,14 +94,25 @@ Flags:
 		}
 		return 0
 	}
-	if err := publish(ctx, stdout, cfg, *device, *count, *points, *rate); err != nil {
+	var srv *commandSim
+	if *serve != "" {
+		var err error
+		if srv, err = newCommandSim(*serve, *cmdDelay, *cmdReply); err != nil {
+			fmt.Fprintln(stderr, "framebus publish:", err)
+			return 2
+		}
+	} else if *cmdDelay != 0 || *cmdReply != "completed" {
+		fmt.Fprintln(stderr, "framebus publish: --command-delay and --command-reply need --serve-commands")
+		return 2
+	}
+	if err := publish(ctx, stdout, cfg, *device, *count, *points, *rate, srv); err != nil {
 		fmt.Fprintln(stderr, "framebus publish:", err)
 		return 1
 	}
 	return 0
 }
 
-func publish(ctx context.Context, out io.Writer, cfg client.Config, device string, count uint64, points int, rate float64) error {
+func publish(ctx context.Context, out io.Writer, cfg client.Config, device string, count uint64, points int, rate float64, srv *commandSim) error {
 	dctx, cancel := context.WithTimeout(ctx, 10*time.Second)
 	pub, err := client.Dial(dctx, cfg)
 	cancel()
@@ -99,6 +120,10 @@ func publish(ctx context.Context, out io.Writer, cfg client.Config, device strin
 		return err
 	}
 	defer pub.Close()
+	serveErr := make(chan error, 1)
+	if srv != nil {
+		go func() { serveErr <- pub.ServeCommands(ctx, srv.targets, srv.handle) }()
+	}
 	tags := make([]schema.TemplateTag, points)
 	for i := range tags {
 		tags[i] = schema.TemplateTag{Tag: fmt.Sprintf("%s/tag%d", device, i), Type: schema.TypeF64}
@@ -151,7 +176,17 @@ func publish(ctx context.Context, out io.Writer, cfg client.Config, device strin
 	fmt.Fprintf(out, "published %d frames (%d dropped, %d rejected) in %.2fs: %.0f frames/s; durable %.1f ms after the last publish; durable latency p50 %.1f ms p99 %.1f ms (%d samples)\n",
 		st.Published, st.Dropped, st.Rejected, el, float64(st.Published)/el, float64(durable.Sub(published).Microseconds())/1000,
 		ms(p50), ms(p99), n)
-	return nil
+	if srv == nil {
+		return nil
+	}
+	fmt.Fprintf(out, "serving commands for %s until interrupted\n", strings.Join(srv.targets, ","))
+	select {
+	case <-ctx.Done():
+		fmt.Fprintf(out, "served %d commands\n", srv.served.Load())
+		return nil
+	case err := <-serveErr:
+		return fmt.Errorf("serving commands: %w", err)
+	}
 }
 
 func ms(d time.Duration) float64 { return float64(d.Microseconds()) / 1000 }
