@@ -7,6 +7,7 @@ BENCHCOUNT ?= 5
 BENCHOUT  ?= bench.out
 E2EBENCHCOUNT ?= 5
 E2EBENCHOUT ?= bench-e2e.out
+SUBBENCHOUT ?= bench-sub.out
 DEMOTIME  ?= 20s
 BIN       := bin
 
@@ -14,7 +15,7 @@ BIN       := bin
 FUZZ_TARGETS := schema:FuzzVerify schema:FuzzParseJSON shm:FuzzSegmentHeader shm:FuzzRingConsumer sidecar:FuzzFilter
 
 .DEFAULT_GOAL := help
-.PHONY: help build test test-perf fmt-check deps-check vet generate generate-check test-race test-allocs bench bench-e2e fuzz fuzz-list lint demo clean
+.PHONY: help build test test-perf fmt-check deps-check vet generate generate-check test-race test-allocs bench bench-e2e bench-sub fuzz fuzz-list lint demo clean
 
 help: ## Show this help.
 	@echo "framebus — shared-memory message bus for multiprocess IoT gateways"
@@ -63,6 +64,10 @@ test-perf: ## Tests that compare throughput, without -race (its instrumentation 
 bench: ## Benchmarks (shm rings vs Unix socket, encoders); results into $(BENCHOUT) and a median table.
 	$(GO) test -run '^$$' -bench . -benchmem -count $(BENCHCOUNT) -timeout 60m ./shm ./schema ./wal | tee $(BENCHOUT)
 	$(GO) run ./cmd/benchreport < $(BENCHOUT)
+
+bench-sub: ## Subscribers and commands vs embedded NATS core: live latency, fan-out, command round trip; $(SUBBENCHOUT) and medians.
+	$(GO) test -run '^$$' -bench 'LiveLatency|FanOut|CommandRoundTrip' -count $(E2EBENCHCOUNT) -timeout 60m ./test | tee $(SUBBENCHOUT)
+	$(GO) run ./cmd/benchreport < $(SUBBENCHOUT)
 
 bench-e2e: ## End-to-end durable ingest (driver process → sidecar → WAL) vs embedded JetStream and the disk; $(E2EBENCHOUT) and ratios.
 	$(GO) test -run '^$$' -bench EndToEnd -count $(E2EBENCHCOUNT) -timeout 60m ./test | tee $(E2EBENCHOUT)

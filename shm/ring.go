@@ -196,6 +196,13 @@ func (p *Producer) claimSlow(typ uint16, n int) (Claim, error) {
 // Commit publishes the record and wakes a sleeping consumer.
 func (p *Producer) Commit(c Claim) { p.publish(c.pos, c.hdr) }
 
+// CommitQuiet publishes the record without waking the consumer: a producer
+// that commits several records in a row calls Signal once after the last.
+func (p *Producer) CommitQuiet(c Claim) { p.store(c.pos, c.hdr) }
+
+// Signal wakes the consumer if it sleeps (after CommitQuiet).
+func (p *Producer) Signal() { p.r.notify.Signal() }
+
 // Abort turns the claim into padding that the consumer skips.
 func (p *Producer) Abort(c Claim) {
 	al := align8(uint64(int32(uint32(c.hdr))))
@@ -205,13 +212,18 @@ func (p *Producer) Abort(c Claim) {
 // publish release-stores the header at pos (an SPSC producer also its
 // tail, after the header) and signals the consumer.
 func (p *Producer) publish(pos, hdr uint64) {
+	p.store(pos, hdr)
+	p.r.notify.Signal()
+}
+
+// store release-stores the header at pos (and an SPSC producer's tail).
+func (p *Producer) store(pos, hdr uint64) {
 	h := rawU64At(p.r.data, int(pos&p.r.mask))
 	if p.multi {
 		storeRelease64(h, hdr)
 	} else {
 		storeRelease64x2(h, hdr, p.tailWord, p.ltail)
 	}
-	p.r.notify.Signal()
 }
 
 // ClaimBatch reserves len(sizes) records of type typ in one contiguous claim.

@@ -68,6 +68,8 @@ type router struct {
 	nextID   uint64
 	enc      *schema.Encoder // under mu
 	pending  atomic.Int64    // len(inflight), for the drain loop
+	lastBusy atomic.Int64    // Unix ns of the last command that arrived or finished
+	closed   bool            // failAll ran: new commands are rejected
 }
 
 func newRouter(s *Sidecar) *router {
@@ -170,6 +172,35 @@ func (r *router) unserve(p *producer, why string) {
 	r.s.seg.FreeRing(srv.slot)
 }
 
+// busy reports whether a command is in flight or one came or went in the
+// last commandQuiet: requesters often send the next command at once, and
+// its acks should not wait for the drain loop's batching pause.
+func (r *router) busy() bool {
+	return r.pending.Load() > 0 || time.Now().UnixNano()-r.lastBusy.Load() < int64(commandQuiet)
+}
+
+// commandQuiet: see busy.
+const commandQuiet = 20 * time.Millisecond
+
+// failAll finishes every command in flight as FAILED (at shutdown: the
+// requesters are told before their connections close, and the WAL gets
+// the acks before it is closed).
+func (r *router) failAll(why string) {
+	r.mu.Lock()
+	r.closed = true
+	var failed []*inflight
+	for id, c := range r.inflight {
+		delete(r.inflight, id)
+		c.timer.Stop()
+		failed = append(failed, c)
+	}
+	r.pending.Store(0)
+	r.mu.Unlock()
+	for _, c := range failed {
+		r.finish(c, schema.AckFailed, why)
+	}
+}
+
 // submit routes one command; reply receives every stage. It returns the
 // id assigned, or an error for a command that is not a valid Command.
 func (r *router) submit(buf []byte, reply func(ack []byte)) (uint64, error) {
@@ -196,6 +227,13 @@ func (r *router) submit(buf []byte, reply func(ack []byte)) (uint64, error) {
 	if _, err := s.wal.Append(walFrame(schema.KindCommand, enc)); err != nil {
 		s.log.Warn("command not written to the WAL audit trail", "id", cmd.ID, "err", err)
 	}
+	r.mu.Lock()
+	closed := r.closed
+	r.mu.Unlock()
+	if closed {
+		r.finish(c, schema.AckRejected, "the sidecar is stopping")
+		return cmd.ID, nil
+	}
 	if srv == nil {
 		r.finish(c, schema.AckRejected, fmt.Sprintf("no driver serves target %q", cmd.Target))
 		return cmd.ID, nil
@@ -206,6 +244,11 @@ func (r *router) submit(buf []byte, reply func(ack []byte)) (uint64, error) {
 		return cmd.ID, nil
 	}
 	r.mu.Lock()
+	if r.closed {
+		r.mu.Unlock()
+		r.finish(c, schema.AckRejected, "the sidecar is stopping")
+		return cmd.ID, nil
+	}
 	if r.targets[cmd.Target] != srv {
 		r.mu.Unlock()
 		r.finish(c, schema.AckFailed, fmt.Sprintf("driver %q left before the command was delivered", srv.p.name))
@@ -222,6 +265,7 @@ func (r *router) submit(buf []byte, reply func(ack []byte)) (uint64, error) {
 	c.timer = time.AfterFunc(until, func() { r.expire(c.id) })
 	r.inflight[c.id] = c
 	r.pending.Store(int64(len(r.inflight)))
+	r.lastBusy.Store(time.Now().UnixNano())
 	srv.prod.Commit(cl)
 	r.mu.Unlock()
 	return cmd.ID, nil
@@ -250,6 +294,7 @@ func (r *router) onAck(buf []byte) {
 	if c != nil && final {
 		delete(r.inflight, id)
 		r.pending.Store(int64(len(r.inflight)))
+		r.lastBusy.Store(time.Now().UnixNano())
 		c.timer.Stop()
 	}
 	if c != nil && !final {

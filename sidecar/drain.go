@@ -99,7 +99,7 @@ func (s *Sidecar) latencySensitive() bool {
 	if lp := s.subs.live.Load(); lp != nil && len(*lp) > 0 {
 		return true
 	}
-	return s.router.pending.Load() > 0
+	return s.router.busy()
 }
 
 // stopRequested reports whether Shutdown asked the drain loop to finish.

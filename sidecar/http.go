@@ -267,6 +267,8 @@ func (k *sseSink) wait(ctx context.Context) error {
 
 func (k *sseSink) flush(ctx context.Context) error { return k.wait(ctx) }
 
+func (k *sseSink) signal() {}
+
 func (k *sseSink) keepAlive(ctx context.Context) {
 	t := time.NewTicker(sseKeepAlive)
 	defer t.Stop()

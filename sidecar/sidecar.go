@@ -426,6 +426,7 @@ func (s *Sidecar) Shutdown(ctx context.Context) error {
 		case <-ctx.Done():
 			s.shutErr = fmt.Errorf("sidecar: shutdown: drain did not finish: %w", ctx.Err())
 		}
+		s.router.failAll("the sidecar stopped with the command in flight")
 		s.mu.Lock()
 		for _, p := range s.mu.producers {
 			if c := p.conn.Load(); c != nil {

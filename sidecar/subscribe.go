@@ -388,6 +388,7 @@ func (s *Sidecar) feed(sub *subscriber, log interface{ Warn(string, ...any) }) {
 			sub.next.Store(next)
 			return nil
 		})
+		sub.sink.signal()
 		switch {
 		case errors.Is(err, errEgressFull):
 			// Wait for the subscriber outside the WAL's read
@@ -420,6 +421,8 @@ type sink interface {
 	wait(ctx context.Context) error
 	// flush pushes out what put buffered (the feeder has caught up).
 	flush(ctx context.Context) error
+	// signal wakes the reader after a run of puts.
+	signal()
 }
 
 // ringSink writes into the subscriber's egress ring.
@@ -445,6 +448,8 @@ func (r ringSink) wait(ctx context.Context) error {
 
 func (r ringSink) flush(context.Context) error { return nil }
 
+func (r ringSink) signal() { r.sub.prod.Signal() }
+
 // writeEgress copies one frame into the subscriber's ring: [seq][frame].
 // It returns false if the ring has no room now; a frame the ring can never
 // hold counts as lost.
@@ -459,7 +464,9 @@ func (s *Sidecar) writeEgress(sub *subscriber, seq uint64, f wal.Frame) bool {
 	}
 	binary.LittleEndian.PutUint64(cl.Buf, seq)
 	copy(cl.Buf[shm.EgressHeaderSize:], f.Data)
-	sub.prod.Commit(cl)
+	// One wake-up per batch, not per frame: the caller signals (see
+	// feedLive and feed).
+	sub.prod.CommitQuiet(cl)
 	sub.delivered.Add(1)
 	return true
 }
@@ -485,6 +492,7 @@ func (s *Sidecar) feedLive(frames []wal.Frame, last uint64) {
 				sub.lost.Add(1)
 			}
 		}
+		sub.prod.Signal()
 		sub.next.Store(last + 1)
 	}
 }

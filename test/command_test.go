@@ -2,6 +2,7 @@ package test
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"regexp"
 	"slices"
@@ -121,6 +122,37 @@ func TestCommands(t *testing.T) {
 			t.Logf("FAILED %v after the kill: %s", time.Since(killed).Round(time.Millisecond), ack.Message)
 		case <-time.After(15 * time.Second):
 			t.Fatal("the command was left hanging after its driver died")
+		}
+	})
+	t.Run("requester connection", func(t *testing.T) {
+		ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+		defer cancel()
+		r, err := client.DialRequester(ctx, client.CommandOptions{Name: b.name, RunDir: b.runDir})
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer r.Close()
+		ids := map[uint64]bool{}
+		for i := 0; i < 200; i++ {
+			stages := 0
+			ack, err := r.Send(ctx, &schema.Command{Target: "pump", Device: "d", Points: []schema.Point{{Tag: "x", Value: schema.I64(int64(i))}},
+				DeadlineNs: time.Now().Add(5 * time.Second).UnixNano()}, func(schema.CommandAck) { stages++ })
+			if err != nil {
+				t.Fatalf("command %d: %v", i, err)
+			}
+			if ack.Stage != schema.AckCompleted || stages != 2 || ids[ack.ID] || len(ack.Readback) != 1 || ack.Readback[0].Value.I64() != int64(i) {
+				t.Fatalf("command %d: %+v after %d stages (ids so far %d)", i, ack, stages, len(ids))
+			}
+			ids[ack.ID] = true
+		}
+		// A ctx that ends first makes the requester unusable, clearly.
+		short, cancel2 := context.WithTimeout(ctx, 50*time.Millisecond)
+		defer cancel2()
+		if _, err := r.Send(short, &schema.Command{Target: "silent", Device: "d", DeadlineNs: time.Now().Add(5 * time.Second).UnixNano()}, nil); !errors.Is(err, context.DeadlineExceeded) {
+			t.Fatalf("Send with a short ctx: %v", err)
+		}
+		if _, err := r.Send(ctx, &schema.Command{Target: "pump"}, nil); !errors.Is(err, client.ErrLost) {
+			t.Fatalf("Send after a broken one: %v, want ErrLost", err)
 		}
 	})
 	t.Run("10000 concurrent", func(t *testing.T) {
