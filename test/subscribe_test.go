@@ -405,8 +405,8 @@ func TestSlowSubscriber(t *testing.T) {
 				}
 				df := schema.RootDataFrame(f.Data)
 				seqs = append(seqs, df.Seq())
-				if slow.Load() && len(seqs)%100 == 0 {
-					time.Sleep(time.Millisecond) // at most ~100 k frames/s
+				if slow.Load() && len(seqs)%1000 == 0 {
+					time.Sleep(10 * time.Millisecond) // at most ~100 k frames/s
 				}
 			}
 		}()

@@ -173,9 +173,12 @@ func publish(ctx context.Context, out io.Writer, cfg client.Config, device strin
 	p50, p99, n := lat.stop()
 	el := published.Sub(start).Seconds()
 	st := pub.Stats()
-	fmt.Fprintf(out, "published %d frames (%d dropped, %d rejected) in %.2fs: %.0f frames/s; durable %.1f ms after the last publish; durable latency p50 %.1f ms p99 %.1f ms (%d samples)\n",
-		st.Published, st.Dropped, st.Rejected, el, float64(st.Published)/el, float64(durable.Sub(published).Microseconds())/1000,
-		ms(p50), ms(p99), n)
+	latency := fmt.Sprintf("; durable latency p50 %.1f ms p99 %.1f ms (%d samples)", ms(p50), ms(p99), n)
+	if n == 0 {
+		latency = " (too short for latency samples: one is taken every millisecond)"
+	}
+	fmt.Fprintf(out, "published %d frames (%d dropped, %d rejected) in %.2fs: %.0f frames/s; durable %.1f ms after the last publish%s\n",
+		st.Published, st.Dropped, st.Rejected, el, float64(st.Published)/el, float64(durable.Sub(published).Microseconds())/1000, latency)
 	if srv == nil {
 		return nil
 	}
