@@ -370,6 +370,12 @@ func (s *cmdServer) loop(ctx context.Context, ring *shm.Ring, gen uint64) error 
 func (s *cmdServer) handle(ctx context.Context, cmd *schema.Command) error {
 	log := s.log.With("id", cmd.ID, "target", cmd.Target, "device", cmd.Device, "kind", cmd.Kind.String())
 	log.Debug("command received")
+	if cmd.DeadlineNs != 0 && time.Now().UnixNano() >= cmd.DeadlineNs {
+		// The sidecar has expired it (or is about to): do not execute a
+		// command its requester was told did not happen.
+		log.Warn("command read after its deadline: not executed")
+		return s.ack(ctx, &schema.CommandAck{ID: cmd.ID, Stage: schema.AckFailed, Message: "the deadline had passed when the driver read the command: not executed"})
+	}
 	if err := s.ack(ctx, &schema.CommandAck{ID: cmd.ID, Stage: schema.AckAccepted}); err != nil {
 		return err
 	}
@@ -451,7 +457,7 @@ func SendCommand(ctx context.Context, cmd *schema.Command, opts CommandOptions) 
 	defer conn.Close()
 	stop := context.AfterFunc(ctx, func() { conn.SetDeadline(time.Unix(1, 0)) })
 	defer stop()
-	ack, err := requestStages(conn, msg, opts.OnStage, cfg.Logger)
+	ack, err := requestStages(conn, msg, 0, opts.OnStage, cfg.Logger)
 	if err != nil && ctx.Err() != nil {
 		return schema.CommandAck{}, ctx.Err()
 	}
@@ -474,6 +480,10 @@ type Requester struct {
 	log  *slog.Logger
 	enc  *schema.Encoder
 	dead bool
+	// lastID is the id of the last command finished: a late stage of it
+	// (or of an earlier one) is not the next command's. Ids only grow
+	// within a sidecar's run.
+	lastID uint64
 }
 
 // DialRequester connects as a requester (opts.OnStage is not used: Send
@@ -506,7 +516,10 @@ func (r *Requester) Send(ctx context.Context, cmd *schema.Command, onStage func(
 		return schema.CommandAck{}, fmt.Errorf("%w: command: %v", ErrTooLarge, err)
 	}
 	stop := context.AfterFunc(ctx, func() { r.conn.SetDeadline(time.Unix(1, 0)) })
-	ack, err := requestStages(r.conn, msg, onStage, r.log)
+	ack, err := requestStages(r.conn, msg, r.lastID, onStage, r.log)
+	if err == nil {
+		r.lastID = ack.ID
+	}
 	if !stop() || err != nil {
 		r.dead = true
 		if ctx.Err() != nil {
@@ -536,7 +549,7 @@ func (r *Requester) Close() error {
 
 // requestStages sends the command message and reads stages until the final
 // one.
-func requestStages(conn *net.UnixConn, msg []byte, onStage func(schema.CommandAck), log *slog.Logger) (schema.CommandAck, error) {
+func requestStages(conn *net.UnixConn, msg []byte, stale uint64, onStage func(schema.CommandAck), log *slog.Logger) (schema.CommandAck, error) {
 	if _, err := conn.Write(msg); err != nil {
 		return schema.CommandAck{}, fmt.Errorf("%w: command not sent: %v", ErrLost, err)
 	}
@@ -556,6 +569,9 @@ func requestStages(conn *net.UnixConn, msg []byte, onStage func(schema.CommandAc
 			var ack schema.CommandAck
 			if err := schema.DecodeCommandAck(m.Frame, &ack); err != nil {
 				return schema.CommandAck{}, fmt.Errorf("%w: stage: %v", shm.ErrProtocol, err)
+			}
+			if stale != 0 && ack.ID <= stale {
+				continue // a late stage of an earlier command on this connection
 			}
 			if onStage != nil {
 				onStage(ack)

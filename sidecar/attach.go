@@ -96,8 +96,10 @@ func (s *Sidecar) serve(c *net.UnixConn) {
 		c.SetReadDeadline(time.Time{})
 		if !s.reply(c, &shm.Message{Op: shm.OpWelcome, Version: shm.ProtocolVersion, Segment: s.seg.Path(), Slot: sub.slot,
 			Generation: sub.gen, Epoch: s.epoch, RingBytes: sub.ring.Capacity(), Seq: sub.next.Load()}) {
-			sub.end()
-			s.subs.remove(sub)
+			// Not yet in the set: nothing else writes its ring.
+			if sub.cursor != "" {
+				s.subs.releaseCursor(sub.cursor)
+			}
 			s.seg.FreeRing(sub.slot)
 			return
 		}

@@ -2,6 +2,7 @@ package sidecar
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"log/slog"
 	"net"
@@ -92,10 +93,22 @@ func (r *router) serve(p *producer, targets []string) (*cmdServer, error) {
 	}
 	r.mu.Lock()
 	defer r.mu.Unlock()
+	if p.getState() == stateRetiring {
+		return nil, errors.New("serve: this driver is being detached")
+	}
 	for _, t := range targets {
 		if o := r.targets[t]; o != nil && o.p != p {
-			return nil, fmt.Errorf("serve: target %q is already served by producer %q (pid %d)", t, o.p.name, o.p.pid)
+			return nil, fmt.Errorf("serve: target %q is already served by producer %q (pid %d): stop that driver or serve another target", t, o.p.name, o.p.pid)
 		}
+	}
+	n := 0
+	for _, o := range r.targets {
+		if o.p == p {
+			n++
+		}
+	}
+	if n+len(targets) > maxTargets {
+		return nil, fmt.Errorf("serve: at most %d targets per driver", maxTargets)
 	}
 	s := r.s
 	if old := r.serverOfLocked(p); old != nil {
@@ -224,9 +237,7 @@ func (r *router) submit(buf []byte, reply func(ack []byte)) (uint64, error) {
 	r.mu.Unlock()
 
 	s.m.commands.Inc()
-	if _, err := s.wal.Append(walFrame(schema.KindCommand, enc)); err != nil {
-		s.log.Warn("command not written to the WAL audit trail", "id", cmd.ID, "err", err)
-	}
+	s.appendAudit(schema.KindCommand, enc)
 	r.mu.Lock()
 	closed := r.closed
 	r.mu.Unlock()
@@ -271,6 +282,22 @@ func (r *router) submit(buf []byte, reply func(ack []byte)) (uint64, error) {
 	return cmd.ID, nil
 }
 
+// rejectNow answers a command REJECTED without routing it (it is still
+// written to the WAL's audit trail if it is a valid Command).
+func (r *router) rejectNow(buf []byte, reply func([]byte), why string) {
+	var cmd schema.Command
+	if schema.DecodeCommand(buf, &cmd) != nil {
+		return
+	}
+	r.mu.Lock()
+	r.nextID++
+	cmd.ID = r.s.epoch<<32 | r.nextID
+	enc := slices.Clone(r.enc.EncodeCommand(&cmd))
+	r.mu.Unlock()
+	r.s.appendAudit(schema.KindCommand, enc)
+	r.finish(&inflight{id: cmd.ID, target: cmd.Target, reply: reply, start: time.Now()}, schema.AckRejected, why)
+}
+
 // expire issues EXPIRED for a command still in flight at its deadline.
 func (r *router) expire(id uint64) {
 	r.mu.Lock()
@@ -284,12 +311,24 @@ func (r *router) expire(id uint64) {
 	}
 }
 
-// onAck takes an ack a driver published (drain goroutine; buf is verified).
-func (r *router) onAck(buf []byte) {
+// onAck takes an ack driver p published (drain goroutine; buf is verified
+// and in the WAL queue). Only the driver the command went to may ack it.
+func (r *router) onAck(p *producer, buf []byte) {
 	a := schema.RootCommandAck(buf)
 	id, stage := a.Id(), schema.AckStage(a.Stage())
+	if stage > schema.AckFailed {
+		r.s.m.lateAcks.Inc()
+		r.s.log.Warn("ack with an unknown stage ignored", "producer", p.name, "id", id, "stage", int(stage))
+		return
+	}
 	r.mu.Lock()
 	c := r.inflight[id]
+	if c != nil && c.srv.p != p {
+		r.mu.Unlock()
+		r.s.m.lateAcks.Inc()
+		r.s.log.Warn("ack for a command routed to another driver ignored", "producer", p.name, "id", id, "routed_to", c.srv.p.name)
+		return
+	}
 	final := stage != schema.AckAccepted
 	if c != nil && final {
 		delete(r.inflight, id)
@@ -320,9 +359,7 @@ func (r *router) finish(c *inflight, stage schema.AckStage, msg string) {
 	r.mu.Lock()
 	ack := slices.Clone(r.enc.EncodeCommandAck(&schema.CommandAck{ID: c.id, Stage: stage, Message: msg}))
 	r.mu.Unlock()
-	if _, err := r.s.wal.Append(walFrame(schema.KindAck, ack)); err != nil {
-		r.s.log.Warn("command ack not written to the WAL audit trail", "id", c.id, "err", err)
-	}
+	r.s.appendAudit(schema.KindAck, ack)
 	r.s.m.observeCommand(stage, time.Since(c.start))
 	lvl := slog.LevelInfo
 	if stage != schema.AckCompleted {
@@ -334,15 +371,87 @@ func (r *router) finish(c *inflight, stage schema.AckStage, msg string) {
 	}
 }
 
+// requesterQueue bounds the stages waiting to be written to one requester.
+// A requester that lets it fill (it does not read its socket) is
+// disconnected: its commands go on, but no stage of the sidecar ever waits
+// for its socket.
+const requesterQueue = 1024
+
+// maxInflightPerRequester bounds the commands one requester connection may
+// have in flight; beyond it commands are REJECTED.
+const maxInflightPerRequester = 4096
+
+// outbox is a connection's queue of outgoing messages and its writer
+// goroutine: the drain loop, timers and Shutdown only ever enqueue.
+type outbox struct {
+	mu     sync.Mutex
+	q      chan []byte
+	closed bool
+	c      *net.UnixConn
+	done   chan struct{}
+}
+
+func newOutbox(c *net.UnixConn) *outbox {
+	o := &outbox{q: make(chan []byte, requesterQueue), c: c, done: make(chan struct{})}
+	go func() {
+		defer close(o.done)
+		for b := range o.q {
+			c.SetWriteDeadline(time.Now().Add(5 * time.Second))
+			if _, err := c.Write(b); err != nil {
+				c.Close() // the reader loop ends; later sends are dropped
+				for range o.q {
+				}
+				return
+			}
+		}
+	}()
+	return o
+}
+
+// send enqueues m without blocking; false if the queue is full (the
+// connection is then closed) or the outbox is closed.
+func (o *outbox) send(m *shm.Message) bool {
+	b, err := shm.EncodeMessage(m)
+	if err != nil {
+		return false
+	}
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	if o.closed {
+		return false
+	}
+	select {
+	case o.q <- b:
+		return true
+	default:
+		o.closed = true
+		close(o.q)
+		o.c.Close()
+		return false
+	}
+}
+
+// close stops accepting messages; the writer sends what is queued (with
+// its write deadline) and exits.
+func (o *outbox) close() {
+	o.mu.Lock()
+	if !o.closed {
+		o.closed = true
+		close(o.q)
+	}
+	o.mu.Unlock()
+}
+
 // serveRequester runs a requester's connection: commands in, stages out.
 func (s *Sidecar) serveRequester(c *net.UnixConn, buf []byte, log *slog.Logger) {
-	var wmu sync.Mutex
-	alive := true
+	out := newOutbox(c)
+	var inflight atomic.Int64
 	reply := func(ack []byte) {
-		wmu.Lock()
-		defer wmu.Unlock()
-		if alive {
-			s.reply(c, &shm.Message{Op: shm.OpStage, Frame: ack})
+		if a := schema.RootCommandAck(ack); schema.AckStage(a.Stage()) != schema.AckAccepted {
+			inflight.Add(-1)
+		}
+		if !out.send(&shm.Message{Op: shm.OpStage, Frame: ack}) {
+			log.Debug("requester gone or not reading: stage dropped")
 		}
 	}
 	bad := 0
@@ -356,8 +465,15 @@ func (s *Sidecar) serveRequester(c *net.UnixConn, buf []byte, log *slog.Logger) 
 			break
 		}
 		if err == nil && m.Op == shm.OpCommand {
+			if inflight.Load() >= maxInflightPerRequester {
+				inflight.Add(1)
+				s.router.rejectNow(m.Frame, reply, fmt.Sprintf("this requester has %d commands in flight already: wait for their acks", maxInflightPerRequester))
+				continue
+			}
+			inflight.Add(1)
 			if _, err := s.router.submit(m.Frame, reply); err != nil {
-				s.reply(c, &shm.Message{Op: shm.OpError, Code: shm.CodeProtocol, Message: err.Error()})
+				inflight.Add(-1)
+				out.send(&shm.Message{Op: shm.OpError, Code: shm.CodeProtocol, Message: err.Error()})
 				log.Warn("bad command from requester", "err", err)
 			}
 			continue
@@ -368,16 +484,41 @@ func (s *Sidecar) serveRequester(c *net.UnixConn, buf []byte, log *slog.Logger) 
 		bad++
 		s.m.protocolErrors.Inc()
 		log.Warn("protocol error from requester", "err", err, "count", bad)
+		out.send(&shm.Message{Op: shm.OpError, Code: shm.CodeProtocol, Message: err.Error()})
 		if bad >= maxProtocolErrors {
-			s.reply(c, &shm.Message{Op: shm.OpError, Code: shm.CodeProtocol, Message: "too many malformed messages"})
+			out.send(&shm.Message{Op: shm.OpError, Code: shm.CodeProtocol, Message: "too many malformed messages: disconnected"})
 			break
 		}
 	}
-	wmu.Lock()
-	alive = false
-	wmu.Unlock()
+	out.close()
+	<-out.done
 }
 
 func walFrame(kind schema.Kind, data []byte) wal.Frame {
 	return wal.Frame{Kind: uint16(kind), Data: data}
+}
+
+// appendAudit writes a frame the sidecar issues itself (a command, or an
+// ack it gives in the driver's place) to the WAL, and hands it to the live
+// subscribers through the drain loop, their rings' only writer.
+func (s *Sidecar) appendAudit(kind schema.Kind, data []byte) {
+	seq, err := s.wal.Append(walFrame(kind, data))
+	if err != nil {
+		s.log.Warn("command audit record not written to the WAL", "kind", kind.String(), "err", err)
+		return
+	}
+	if lp := s.subs.live.Load(); lp == nil || len(*lp) == 0 {
+		return
+	}
+	s.mu.Lock()
+	s.mu.liveAudit = append(s.mu.liveAudit, auditFrame{seq: seq, f: walFrame(kind, data)})
+	s.mu.Unlock()
+	s.wake.Wake()
+}
+
+// auditFrame is a frame the sidecar appended itself, for the live
+// subscribers.
+type auditFrame struct {
+	seq uint64
+	f   wal.Frame
 }

@@ -3,7 +3,10 @@ package sidecar
 import (
 	"context"
 	"errors"
+	"fmt"
+	"slices"
 	"strconv"
+	"strings"
 	"time"
 
 	"github.com/framebus/framebus/schema"
@@ -131,7 +134,7 @@ func (s *Sidecar) workPending(ps []*producer) bool {
 		}
 	}
 	s.mu.Lock()
-	n := len(s.mu.releases)
+	n := len(s.mu.releases) + len(s.mu.afterPass) + len(s.mu.liveAudit)
 	s.mu.Unlock()
 	select {
 	case <-s.drainReq:
@@ -180,6 +183,7 @@ func (s *Sidecar) applyReleases() {
 type drainer struct {
 	s         *Sidecar
 	frames    []wal.Frame
+	acks      []int // indexes of the acks in frames
 	arena     []byte
 	queueFull bool          // a ring's batch did not fit the WAL's memory queue this pass
 	spin      time.Duration // how long an idle pass polls before it sleeps
@@ -203,6 +207,7 @@ func (d *drainer) drainRing(p *producer) int {
 	s := d.s
 	t0 := time.Now()
 	d.frames = d.frames[:0]
+	d.acks = d.acks[:0]
 	d.arena = d.arena[:0]
 	start := p.cons.ReadPos()
 	var rejected uint64
@@ -223,7 +228,7 @@ func (d *drainer) drainRing(p *producer) int {
 			return
 		}
 		if schema.Kind(rec.Type) == schema.KindAck {
-			s.router.onAck(buf)
+			d.acks = append(d.acks, len(d.frames))
 		}
 		d.frames = append(d.frames, wal.Frame{Kind: rec.Type, Data: buf})
 	})
@@ -259,6 +264,11 @@ func (d *drainer) drainRing(p *producer) int {
 			d.queueFull = true
 			return 0
 		}
+		// Acks go to the router only once they are in the WAL's queue
+		// (a failed append re-reads them from the ring).
+		for _, i := range d.acks {
+			s.router.onAck(p, d.frames[i].Data)
+		}
 		s.feedLive(d.frames, last)
 		s.m.batchSend.Observe(time.Since(t1).Seconds())
 		s.m.batchFlush.Observe(time.Since(t0).Seconds())
@@ -291,8 +301,13 @@ func (s *Sidecar) housekeeping(ps []*producer, queueFull bool) {
 	// cursor_max_bytes.
 	held := c.CursorPolicy == "retain" && s.wal.Stats().FootprintBytes > c.CursorMaxBytes
 	if held && !s.heldPause {
-		s.log.Error("unacked durable cursors hold the WAL above cursor_max_bytes: pausing producers until they ack (or use cursor_policy drop)",
-			"cursor_max_bytes", c.CursorMaxBytes)
+		var names []string
+		for name, ci := range s.wal.Cursors() {
+			names = append(names, fmt.Sprintf("%s (acked %d)", name, ci.Acked))
+		}
+		slices.Sort(names)
+		s.log.Error("unacked durable cursors hold the WAL above cursor_max_bytes: pausing producers until they ack; delete an abandoned one with DELETE /v1/cursors/NAME, or use cursor_policy drop",
+			"cursor_max_bytes", c.CursorMaxBytes, "cursors", strings.Join(names, ", "))
 	}
 	s.heldPause = held
 	if fill >= c.BackpressureThreshold || held {

@@ -25,6 +25,7 @@ import (
 //	GET  /v1/frames?from=…&producer=…&device=…&tag=…&kind=…   Server-Sent Events
 //	POST /v1/commands[?stream=1][&timeout=2s]                  a command; its final ack (or every stage)
 //	GET  /v1/status                                            the bus's state as JSON
+//	DELETE /v1/cursors/NAME                                    delete a durable cursor (retention stops waiting for it)
 //
 // Frames are events with id = WAL sequence number and data = the JSON of
 // docs/json.md (what `framebus tail --json` prints); a client that
@@ -64,6 +65,7 @@ func (s *Sidecar) serveHTTP(addr string) error {
 	mux.HandleFunc("GET /v1/frames", a.frames)
 	mux.HandleFunc("POST /v1/commands", a.commands)
 	mux.HandleFunc("GET /v1/status", a.status)
+	mux.HandleFunc("DELETE /v1/cursors/{name}", a.deleteCursor)
 	a.srv = &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second}
 	s.api = a
 	s.apiAddr = ln.Addr().String()
@@ -165,6 +167,15 @@ func (a *httpAPI) frames(w http.ResponseWriter, r *http.Request) {
 		httpError(w, http.StatusBadRequest, "%v", err)
 		return
 	}
+	if last := s.wal.LastSeq(); next > last+1 {
+		httpError(w, http.StatusConflict, "start %d is beyond the WAL's last sequence number %d (was the WAL reset?): reconnect without Last-Event-ID, or from=earliest", next, last)
+		return
+	}
+	if !s.trackHTTP() {
+		httpError(w, http.StatusServiceUnavailable, "the sidecar is stopping; retry when it is back")
+		return
+	}
+	defer s.feeders.Done()
 	rc := http.NewResponseController(w)
 	w.Header().Set("Content-Type", "text/event-stream")
 	w.Header().Set("Cache-Control", "no-cache")
@@ -173,7 +184,7 @@ func (a *httpAPI) frames(w http.ResponseWriter, r *http.Request) {
 	rc.Flush()
 
 	id := a.nextID.Add(1)
-	sub := &subscriber{slot: -int(id), label: "http-" + strconv.FormatInt(id, 10), filter: f}
+	sub := &subscriber{slot: -int(id), label: "http:" + strconv.FormatInt(id, 10), filter: f}
 	sub.ctx, sub.cancel = context.WithCancel(r.Context())
 	defer sub.cancel()
 	sk := &sseSink{w: w, rc: rc, limit: limit, cancel: sub.cancel}
@@ -192,8 +203,6 @@ func (a *httpAPI) frames(w http.ResponseWriter, r *http.Request) {
 		sub.cancel()
 		<-kaDone // it writes to w: finish before the handler returns
 	}()
-	s.feeders.Add(1)
-	defer s.feeders.Done()
 	s.feed(sub, s.log)
 	s.log.Info("HTTP event stream closed", "subscriber", sub.label, "delivered", sub.delivered.Load(), "lost", sub.lost.Load())
 }
@@ -327,11 +336,19 @@ func (a *httpAPI) commands(w http.ResponseWriter, r *http.Request) {
 		}
 	}
 	stream := r.URL.Query().Get("stream") == "1"
+	// Intermediate stages may be dropped for a client that does not keep
+	// up; the final one has a slot of its own.
 	stages := make(chan []byte, 8)
+	final := make(chan []byte, 1)
 	if _, err := a.s.router.submit(buf, func(ack []byte) {
+		b := append([]byte(nil), ack...)
+		if a := schema.RootCommandAck(b); schema.AckStage(a.Stage()) != schema.AckAccepted {
+			final <- b
+			return
+		}
 		select {
-		case stages <- append([]byte(nil), ack...):
-		default: // a reader that does not keep up misses intermediate stages
+		case stages <- b:
+		default:
 		}
 	}); err != nil {
 		httpError(w, http.StatusBadRequest, "%v", err)
@@ -344,10 +361,14 @@ func (a *httpAPI) commands(w http.ResponseWriter, r *http.Request) {
 		rc.Flush()
 	}
 	for {
+		var ack []byte
 		select {
 		case <-r.Context().Done():
 			return
-		case ack := <-stages:
+		case ack = <-stages:
+		case ack = <-final:
+		}
+		{
 			a := schema.RootCommandAck(ack)
 			final := schema.AckStage(a.Stage()) != schema.AckAccepted
 			line, err := schema.AppendJSON(nil, schema.KindAck, ack)
@@ -367,6 +388,25 @@ func (a *httpAPI) commands(w http.ResponseWriter, r *http.Request) {
 			}
 		}
 	}
+}
+
+// deleteCursor serves DELETE /v1/cursors/NAME.
+func (a *httpAPI) deleteCursor(w http.ResponseWriter, r *http.Request) {
+	name := r.PathValue("name")
+	s := a.s
+	if _, ok := s.wal.Cursor(name); !ok {
+		httpError(w, http.StatusNotFound, "no durable cursor %q (GET /v1/status lists them)", name)
+		return
+	}
+	if s.subs.hasCursor(name) {
+		httpError(w, http.StatusConflict, "cursor %q is in use by a subscription: close it first", name)
+		return
+	}
+	s.wal.DeleteCursor(name)
+	s.log.Info("durable cursor deleted", "cursor", name, "remote", r.RemoteAddr)
+	w.Header().Set("Content-Type", "application/json")
+	b, _ := json.Marshal(map[string]string{"deleted": name})
+	w.Write(append(b, '\n'))
 }
 
 // Status is the JSON of GET /v1/status.

@@ -45,6 +45,7 @@ type Sidecar struct {
 		releases  map[string]uint64 // committed positions to release, by source key
 		durable   uint64
 		afterPass []func()               // run by the drain loop between passes (afterDrainPass)
+		liveAudit []auditFrame           // the sidecar's own frames, for live subscribers (appendAudit)
 		conns     map[*net.UnixConn]bool // subscriber and requester connections, closed by Shutdown
 	}
 	feeders  sync.WaitGroup // subscription feeders (they write rings and read the WAL)
@@ -445,6 +446,17 @@ func (s *Sidecar) Shutdown(ctx context.Context) error {
 		}
 		s.conns.Wait()
 		s.feeders.Wait()
+		select {
+		case <-s.drained:
+			// Rings freed after the drain loop's last pass (live
+			// subscriptions'), now that nothing writes them.
+			s.runAfterPass()
+		default:
+			// The drain loop is still running and reading the rings: do
+			// not unmap them under it. The process exits anyway.
+			s.log.Error("shutdown: the drain loop did not finish; leaving the segment mapped")
+			return
+		}
 		s.release()
 	})
 	return s.shutErr

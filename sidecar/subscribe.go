@@ -71,9 +71,10 @@ func (sub *subscriber) end() { sub.cancel() }
 
 // subscribers is the set the drain loop and the metrics read.
 type subscriberSet struct {
-	mu   sync.Mutex
-	all  map[int]*subscriber // by slot
-	live atomic.Pointer[[]*subscriber]
+	mu      sync.Mutex
+	all     map[int]*subscriber // by slot
+	cursors map[string]bool     // cursor names held by a subscription
+	live    atomic.Pointer[[]*subscriber]
 }
 
 func (ss *subscriberSet) add(sub *subscriber) {
@@ -86,11 +87,38 @@ func (ss *subscriberSet) add(sub *subscriber) {
 	ss.publishLive()
 }
 
+// remove takes sub out of the set and frees its cursor name.
 func (ss *subscriberSet) remove(sub *subscriber) {
 	ss.mu.Lock()
 	defer ss.mu.Unlock()
-	delete(ss.all, sub.slot)
+	if ss.all[sub.slot] == sub {
+		delete(ss.all, sub.slot)
+	}
+	if sub.cursor != "" {
+		delete(ss.cursors, sub.cursor)
+	}
 	ss.publishLive()
+}
+
+// reserveCursor claims a durable cursor's name for one subscription; false
+// if another holds it.
+func (ss *subscriberSet) reserveCursor(name string) bool {
+	ss.mu.Lock()
+	defer ss.mu.Unlock()
+	if ss.cursors[name] {
+		return false
+	}
+	if ss.cursors == nil {
+		ss.cursors = map[string]bool{}
+	}
+	ss.cursors[name] = true
+	return true
+}
+
+func (ss *subscriberSet) releaseCursor(name string) {
+	ss.mu.Lock()
+	defer ss.mu.Unlock()
+	delete(ss.cursors, name)
 }
 
 func (ss *subscriberSet) publishLive() {
@@ -114,16 +142,11 @@ func (ss *subscriberSet) list() []*subscriber {
 	return out
 }
 
-// hasCursor reports whether an active subscription uses the cursor.
+// hasCursor reports whether a subscription holds the cursor.
 func (ss *subscriberSet) hasCursor(name string) bool {
 	ss.mu.Lock()
 	defer ss.mu.Unlock()
-	for _, sub := range ss.all {
-		if sub.cursor == name {
-			return true
-		}
-	}
-	return false
+	return ss.cursors[name]
 }
 
 // commitSignal returns a channel closed at the next WAL commit.
@@ -207,17 +230,27 @@ func (s *Sidecar) attachSubscriber(cred *unix.Ucred, hello *shm.Message, c *net.
 		return nil, shm.CodeBadHello, err
 	}
 	if hello.From == shm.FromCursor {
-		if s.subs.hasCursor(hello.Cursor) {
+		if !s.subs.reserveCursor(hello.Cursor) {
 			return nil, shm.CodeCursor, fmt.Errorf("cursor %q is in use by another subscription: one subscriber per cursor", hello.Cursor)
 		}
-		if _, ok := s.wal.Cursor(hello.Cursor); !ok {
-			// A new cursor holds retention from where it starts.
-			if err := s.wal.SetCursor(hello.Cursor, next-1); err != nil {
-				return nil, shm.CodeCursor, fmt.Errorf("create cursor %q: %w", hello.Cursor, err)
+		ok := false
+		defer func() {
+			if !ok {
+				s.subs.releaseCursor(hello.Cursor)
 			}
-		}
+		}()
+		sub, code, err := s.allocSubscriber(cred, hello, c, f, next)
+		ok = err == nil
+		return sub, code, err
 	}
-	size := defaultEgressBytes
+	return s.allocSubscriber(cred, hello, c, f, next)
+}
+
+// allocSubscriber allocates the egress ring of a subscription.
+func (s *Sidecar) allocSubscriber(cred *unix.Ucred, hello *shm.Message, c *net.UnixConn, f shm.Filter, next uint64) (*subscriber, string, error) {
+	// Egress rings share the segment with the drivers' rings: by default
+	// no larger than a driver's.
+	size := min(defaultEgressBytes, s.cfg.RingBytes)
 	if hello.RingBytes != 0 {
 		size = hello.RingBytes
 		if size < shm.MinRingCapacity || size > s.cfg.MaxRingBytes || size&(size-1) != 0 {
@@ -236,7 +269,7 @@ func (s *Sidecar) attachSubscriber(cred *unix.Ucred, hello *shm.Message, c *net.
 	slot, err := s.seg.AllocRing(shm.RingSpec{Kind: shm.KindEgress, Capacity: size, Notify: shm.NotifyRing, Generation: gen,
 		Owner: shm.Owner{Pid: int(cred.Pid), UID: cred.Uid, Start: start, Name: "subscriber"}})
 	if err != nil {
-		return nil, shm.CodeNoRing, fmt.Errorf("no egress ring for this subscriber: %w (raise max_rings or the segment size, or ask for a smaller ring)", err)
+		return nil, shm.CodeNoRing, fmt.Errorf("no egress ring for this subscriber: %w (%d subscriptions hold rings now; raise max_rings or shm_bytes, or ask for a smaller ring)", err, len(s.subs.list()))
 	}
 	ring, err := s.seg.Ring(slot)
 	var prod *shm.Producer
@@ -251,14 +284,13 @@ func (s *Sidecar) attachSubscriber(cred *unix.Ucred, hello *shm.Message, c *net.
 		conn: c}
 	sub.ctx, sub.cancel = context.WithCancel(context.Background())
 	sub.sink = ringSink{s: s, sub: sub}
-	sub.label = "slot " + strconv.Itoa(slot)
+	sub.label = "slot:" + strconv.Itoa(slot)
 	if hello.From == shm.FromCursor {
 		sub.cursor = hello.Cursor
-		sub.label = hello.Cursor
+		sub.label = "cursor:" + hello.Cursor
 	}
 	sub.next.Store(next)
 	sub.caughtUp.Store(time.Now().UnixNano())
-	s.subs.add(sub)
 	return sub, "", nil
 }
 
@@ -267,6 +299,19 @@ func (s *Sidecar) attachSubscriber(cred *unix.Ucred, hello *shm.Message, c *net.
 // subscription and frees the ring.
 func (s *Sidecar) serveSubscriber(sub *subscriber, c *net.UnixConn, buf []byte) {
 	log := s.log.With("subscriber", sub.label, "slot", sub.slot, "pid", sub.pid)
+	if sub.cursor != "" {
+		if _, ok := s.wal.Cursor(sub.cursor); !ok {
+			// A new cursor holds retention from where it starts.
+			if err := s.wal.SetCursor(sub.cursor, sub.next.Load()-1); err != nil {
+				log.Error("cannot create the durable cursor", "err", err)
+				s.reply(c, &shm.Message{Op: shm.OpError, Code: shm.CodeCursor, Message: err.Error()})
+				s.subs.releaseCursor(sub.cursor)
+				s.seg.FreeRing(sub.slot)
+				return
+			}
+		}
+	}
+	s.subs.add(sub)
 	log.Info("subscriber attached", "from_seq", sub.next.Load(), "live", sub.live, "filter", filterString(sub.filter))
 	if !sub.live {
 		s.feeders.Add(1)
@@ -287,6 +332,12 @@ func (s *Sidecar) serveSubscriber(sub *subscriber, c *net.UnixConn, buf []byte) 
 			break
 		}
 		if err == nil && m.Op == shm.OpAck && sub.cursor != "" {
+			if last := sub.next.Load() - 1; m.Seq > last {
+				msg := fmt.Sprintf("ack of seq %d refused: the last frame delivered is %d; ack only sequence numbers you received", m.Seq, last)
+				log.Warn("cursor ack beyond what was delivered", "seq", m.Seq, "delivered_up_to", last)
+				s.reply(c, &shm.Message{Op: shm.OpError, Code: shm.CodeCursor, Message: msg})
+				continue
+			}
 			if err := s.wal.SetCursor(sub.cursor, m.Seq); err != nil {
 				log.Warn("cursor ack refused", "seq", m.Seq, "err", err)
 				s.reply(c, &shm.Message{Op: shm.OpError, Code: shm.CodeCursor, Message: err.Error()})
@@ -299,13 +350,14 @@ func (s *Sidecar) serveSubscriber(sub *subscriber, c *net.UnixConn, buf []byte) 
 		bad++
 		s.m.protocolErrors.Inc()
 		log.Warn("protocol error from subscriber", "err", err, "count", bad)
+		s.reply(c, &shm.Message{Op: shm.OpError, Code: shm.CodeProtocol, Message: err.Error()})
 		if bad >= maxProtocolErrors {
-			s.reply(c, &shm.Message{Op: shm.OpError, Code: shm.CodeProtocol, Message: "too many malformed messages"})
+			s.reply(c, &shm.Message{Op: shm.OpError, Code: shm.CodeProtocol, Message: "too many malformed messages: disconnected"})
 			break
 		}
 	}
+	s.subs.remove(sub) // first: the slot is freed below and may be reused
 	sub.end()
-	s.subs.remove(sub)
 	// The feeder may be writing the ring: it stops at done; the ring is
 	// freed once it has (see feed), or here for live subscriptions, whose
 	// writer (the drain loop) no longer sees the subscriber after remove
@@ -512,7 +564,12 @@ func (s *Sidecar) runAfterPass() {
 	s.mu.Lock()
 	fns := s.mu.afterPass
 	s.mu.afterPass = nil
+	audit := s.mu.liveAudit
+	s.mu.liveAudit = nil
 	s.mu.Unlock()
+	for _, a := range audit {
+		s.feedLive([]wal.Frame{a.f}, a.seq)
+	}
 	for _, fn := range fns {
 		fn()
 	}
@@ -600,3 +657,15 @@ func matchGlob(glob, name string) (bool, error) { return path.Match(glob, name) 
 // sidecarProducerID is the producer id the sidecar writes egress and
 // command rings with (driver ids are slot+1, at most the directory size).
 const sidecarProducerID = 0xFFFF
+
+// trackHTTP counts an HTTP event stream among the feeders Shutdown waits
+// for; false if the sidecar is stopping.
+func (s *Sidecar) trackHTTP() bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.mu.stopping {
+		return false
+	}
+	s.feeders.Add(1)
+	return true
+}

@@ -373,11 +373,11 @@ func (b *bus) publishRate(t testing.TB, producer string, n int) float64 {
 // without the subscriber alternate; the medians are compared (without
 // -race only: `make test-perf`).
 func TestSlowSubscriber(t *testing.T) {
-	n := 1000000
+	n := 800000
 	if raceEnabled {
 		n = 200000
 	}
-	const rounds = 5
+	const rounds = 9
 	b := newBus(t)
 	sc := b.startSidecar()
 	defer sc.stop(t)
