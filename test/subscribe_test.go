@@ -226,25 +226,6 @@ func (b *bus) subscribe(f client.Filter, from client.From, live bool) *client.Su
 	return sub
 }
 
-// drainUntil reads sub until it has seen seq last; it returns the
-// sequence numbers read.
-func drainUntil(t testing.TB, sub *client.Subscription, last uint64, d time.Duration) []uint64 {
-	t.Helper()
-	ctx, cancel := context.WithTimeout(context.Background(), d)
-	defer cancel()
-	var seqs []uint64
-	for {
-		f, err := sub.Next(ctx)
-		if err != nil {
-			t.Fatalf("Next after %d frames (waiting for seq %d): %v", len(seqs), last, err)
-		}
-		seqs = append(seqs, f.Seq)
-		if f.Seq >= last {
-			return seqs
-		}
-	}
-}
-
 // TestCursorRetention: retention against a durable cursor that has not
 // acked, under both policies.
 func TestCursorRetention(t *testing.T) {
