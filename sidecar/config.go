@@ -175,6 +175,40 @@ type Config struct {
 	LogLevel string
 	// LogFormat (log_format) is text or json. Zero means text.
 	LogFormat string
+
+	// Uplink: store-and-forward of the WAL to NATS JetStream, the [uplink.nats]
+	// table of the config file. Off while UplinkServers is empty.
+	//
+	// UplinkServers (uplink.nats.servers): NATS URLs, comma separated.
+	UplinkServers string
+	// UplinkCredsFile, UplinkNKeyFile, UplinkToken: credentials (a .creds
+	// file, an nkey seed file, or a token); at most one.
+	UplinkCredsFile string
+	UplinkNKeyFile  string
+	UplinkToken     string
+	// UplinkTLSCA, UplinkTLSCert, UplinkTLSKey: TLS (a CA to verify the
+	// servers; a client certificate and key).
+	UplinkTLSCA   string
+	UplinkTLSCert string
+	UplinkTLSKey  string
+	// UplinkStream is the JetStream stream. Zero means FRAMEBUS.
+	UplinkStream string
+	// UplinkSubject is the subject template: {gateway}, {producer},
+	// {device} and {kind} are replaced. Zero means
+	// framebus.{gateway}.{producer}.{device}.
+	UplinkSubject string
+	// UplinkGateway names this gateway in subjects and message ids. Zero
+	// means the host name.
+	UplinkGateway string
+	// UplinkMaxInflight bounds the publishes waiting for their PubAck.
+	// Zero means 4096.
+	UplinkMaxInflight int
+	// UplinkPayload is flatbuffers (the frame's bytes) or json
+	// (docs/json.md). Zero means flatbuffers.
+	UplinkPayload string
+	// UplinkCreateStream creates the stream (subjects framebus.>, file
+	// storage) if it does not exist.
+	UplinkCreateStream bool
 }
 
 // Duration is a time.Duration that config files, flags and environment
@@ -252,6 +286,10 @@ func (c *Config) ensureDefaults(getenv func(string) string, uid int) {
 	setIfZero(&c.MaxRings, p.MaxRings)
 	setIfZero(&c.LogLevel, p.LogLevel)
 	setIfZero(&c.LogFormat, p.LogFormat)
+	setIfZero(&c.UplinkStream, p.UplinkStream)
+	setIfZero(&c.UplinkSubject, p.UplinkSubject)
+	setIfZero(&c.UplinkMaxInflight, p.UplinkMaxInflight)
+	setIfZero(&c.UplinkPayload, p.UplinkPayload)
 	setIfZero(&c.WALCompression, p.WALCompression)
 	setIfZero(&c.CursorPolicy, p.CursorPolicy)
 	c.deriveSizes()
@@ -508,6 +546,37 @@ func (c *Config) Validate() error {
 	if !slices.Contains([]string{"debug", "info", "warn", "error"}, c.LogLevel) {
 		add("log_level (%q) is unknown: choose debug, info, warn or error", c.LogLevel)
 	}
+	if c.UplinkServers != "" {
+		for _, u := range strings.Split(c.UplinkServers, ",") {
+			if u = strings.TrimSpace(u); u == "" || !strings.Contains(u, "://") && !strings.Contains(u, ":") {
+				add("uplink.nats.servers (%q): %q is not a NATS URL: write e.g. nats://10.0.0.5:4222", c.UplinkServers, u)
+			}
+		}
+		n := 0
+		for _, v := range []string{c.UplinkCredsFile, c.UplinkNKeyFile, c.UplinkToken} {
+			if v != "" {
+				n++
+			}
+		}
+		if n > 1 {
+			add("uplink.nats: give one of creds_file, nkey_file and token, not %d", n)
+		}
+		if (c.UplinkTLSCert == "") != (c.UplinkTLSKey == "") {
+			add("uplink.nats.tls_cert and tls_key go together: give both or neither")
+		}
+		if c.UplinkStream == "" || strings.ContainsAny(c.UplinkStream, " .*>/\\") {
+			add("uplink.nats.stream (%q) must be a name without spaces, dots, *, > or slashes", c.UplinkStream)
+		}
+		if c.UplinkSubject == "" || strings.ContainsAny(c.UplinkSubject, " \t") {
+			add("uplink.nats.subject (%q) must be a subject template without spaces, e.g. framebus.{gateway}.{producer}.{device}", c.UplinkSubject)
+		}
+		if c.UplinkMaxInflight < 1 || c.UplinkMaxInflight > 1<<16 {
+			add("uplink.nats.max_inflight (%d) must be in 1..65536", c.UplinkMaxInflight)
+		}
+		if !slices.Contains([]string{"flatbuffers", "json"}, c.UplinkPayload) {
+			add("uplink.nats.payload (%q) is unknown: choose flatbuffers or json", c.UplinkPayload)
+		}
+	}
 	if !slices.Contains([]string{"retain", "drop"}, c.CursorPolicy) {
 		add("cursor_policy (%q) is unknown: choose retain or drop", c.CursorPolicy)
 	}
@@ -582,8 +651,13 @@ type configKey struct {
 	ptr   func(c *Config) any
 }
 
-func (f *configKey) flag() string { return strings.ReplaceAll(f.key, "_", "-") }
-func (f *configKey) env() string  { return "FRAMEBUS_" + strings.ToUpper(f.key) }
+// flag is the key's flag name: uplink.nats.max_inflight → uplink-nats-max-inflight.
+func (f *configKey) flag() string { return strings.NewReplacer("_", "-", ".", "-").Replace(f.key) }
+
+// env is the key's environment variable: FRAMEBUS_UPLINK_NATS_MAX_INFLIGHT.
+func (f *configKey) env() string {
+	return "FRAMEBUS_" + strings.ToUpper(strings.ReplaceAll(f.key, ".", "_"))
+}
 
 // perPreset reports whether the default comes from the preset table.
 func (f *configKey) perPreset() bool { return f.def == "" }
@@ -596,6 +670,7 @@ const (
 	groupShm      = "Shared memory"
 	groupAccess   = "Access control"
 	groupLogging  = "Logging"
+	groupUplink   = "Uplink (NATS JetStream)"
 	compatWALDir  = "WAL_DIR"
 	envConfigFile = "FRAMEBUS_CONFIG"
 )
@@ -696,9 +771,49 @@ var configKeys = []configKey{
 	{key: "log_format", group: groupLogging, arg: "FORMAT", kind: kindEnum, def: `"text"`,
 		help: "text or json",
 		ptr:  func(c *Config) any { return &c.LogFormat }},
+
+	{key: "uplink.nats.servers", group: groupUplink, arg: "URLS", kind: kindString, def: `"" (uplink off)`,
+		help: "NATS server URLs, comma separated: forward the WAL to JetStream",
+		ptr:  func(c *Config) any { return &c.UplinkServers }},
+	{key: "uplink.nats.creds_file", group: groupUplink, arg: "PATH", kind: kindString, def: "none",
+		help: "NATS credentials file (.creds)",
+		ptr:  func(c *Config) any { return &c.UplinkCredsFile }},
+	{key: "uplink.nats.nkey_file", group: groupUplink, arg: "PATH", kind: kindString, def: "none",
+		help: "NATS nkey seed file",
+		ptr:  func(c *Config) any { return &c.UplinkNKeyFile }},
+	{key: "uplink.nats.token", group: groupUplink, arg: "TOKEN", kind: kindString, def: "none",
+		help: "NATS token",
+		ptr:  func(c *Config) any { return &c.UplinkToken }},
+	{key: "uplink.nats.tls_ca", group: groupUplink, arg: "PATH", kind: kindString, def: "none",
+		help: "CA file that signs the NATS servers' certificates",
+		ptr:  func(c *Config) any { return &c.UplinkTLSCA }},
+	{key: "uplink.nats.tls_cert", group: groupUplink, arg: "PATH", kind: kindString, def: "none",
+		help: "client certificate for NATS (with tls_key)",
+		ptr:  func(c *Config) any { return &c.UplinkTLSCert }},
+	{key: "uplink.nats.tls_key", group: groupUplink, arg: "PATH", kind: kindString, def: "none",
+		help: "client key for NATS (with tls_cert)",
+		ptr:  func(c *Config) any { return &c.UplinkTLSKey }},
+	{key: "uplink.nats.stream", group: groupUplink, arg: "NAME", kind: kindString, def: `"FRAMEBUS"`,
+		help: "JetStream stream the frames go to",
+		ptr:  func(c *Config) any { return &c.UplinkStream }},
+	{key: "uplink.nats.subject", group: groupUplink, arg: "TEMPLATE", kind: kindString, def: `"framebus.{gateway}.{producer}.{device}"`,
+		help: "subject template: {gateway}, {producer}, {device}, {kind}",
+		ptr:  func(c *Config) any { return &c.UplinkSubject }},
+	{key: "uplink.nats.gateway", group: groupUplink, arg: "ID", kind: kindString, def: "the host name",
+		help: "this gateway's id in subjects and message ids",
+		ptr:  func(c *Config) any { return &c.UplinkGateway }},
+	{key: "uplink.nats.max_inflight", group: groupUplink, arg: "N", kind: kindCount, def: "4096",
+		help: "publishes waiting for their PubAck at most",
+		ptr:  func(c *Config) any { return &c.UplinkMaxInflight }},
+	{key: "uplink.nats.payload", group: groupUplink, arg: "FORMAT", kind: kindEnum, def: `"flatbuffers"`,
+		help: "message body: flatbuffers (the frame's bytes) or json (docs/json.md)",
+		ptr:  func(c *Config) any { return &c.UplinkPayload }},
+	{key: "uplink.nats.create_stream", group: groupUplink, arg: "BOOL", kind: kindBool, def: "false",
+		help: "create the stream (subjects framebus.>, file storage) if it does not exist",
+		ptr:  func(c *Config) any { return &c.UplinkCreateStream }},
 }
 
-var keyGroups = []string{groupGeneral, groupWAL, groupBackp, groupBatch, groupShm, groupAccess, groupLogging}
+var keyGroups = []string{groupGeneral, groupWAL, groupBackp, groupBatch, groupShm, groupAccess, groupLogging, groupUplink}
 
 func keyByName(key string) *configKey {
 	for i := range configKeys {
@@ -1092,11 +1207,14 @@ func (c Config) TOML() []byte {
 				continue
 			}
 			fmt.Fprintf(&b, "\n# %s [%s]\n", f.help, f.arg)
-			enc, err := toml.Marshal(map[string]any{f.key: f.value(&c)})
+			enc, err := toml.Marshal(map[string]any{"v": f.value(&c)})
 			if err != nil { // cannot happen: values are strings, ints, floats, bools, int lists
 				panic("sidecar: encoding " + f.key + ": " + err.Error())
 			}
-			b.Write(enc)
+			// A dotted key (uplink.nats.servers) is written bare: TOML
+			// reads it as the table [uplink.nats], like the file's own.
+			b.WriteString(f.key)
+			b.Write(bytes.TrimPrefix(enc, []byte("v")))
 		}
 	}
 	return b.Bytes()
@@ -1125,7 +1243,21 @@ func decodeConfigTOML(data []byte) (map[string]any, error) {
 	if _, err := toml.Decode(string(data), &m); err != nil {
 		return nil, err
 	}
-	return m, nil
+	flat := map[string]any{}
+	flattenTables("", m, flat)
+	return flat, nil
+}
+
+// flattenTables turns tables into dotted keys: [uplink.nats] servers = …
+// is uplink.nats.servers.
+func flattenTables(prefix string, m, out map[string]any) {
+	for k, v := range m {
+		if t, ok := v.(map[string]any); ok {
+			flattenTables(prefix+k+".", t, out)
+			continue
+		}
+		out[prefix+k] = v
+	}
 }
 
 // applyConfigFile sets the file's keys on c, in table order, and reports unknown

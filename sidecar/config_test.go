@@ -67,6 +67,7 @@ func TestPresetValues(t *testing.T) {
 		MaxBatchSize: 2000, BatchFlush: cfgMs(1), MaxMemoryBytes: 8 << 20,
 		MaxRings: 64, LogLevel: "info", LogFormat: "text", WALCompression: "s2",
 		HTTPAddr: "127.0.0.1:9465", CursorPolicy: "retain",
+		UplinkStream: "FRAMEBUS", UplinkSubject: "framebus.{gateway}.{producer}.{device}", UplinkMaxInflight: 4096, UplinkPayload: "flatbuffers",
 	}
 	// header 8 KiB + 64 directory slots (16 KiB) + 8 × (ring + 4 KiB control page)
 	shmFor := func(ring int64) int64 { return 8<<10 + 16<<10 + 8*(ring+4<<10) }
@@ -329,7 +330,7 @@ func TestConfigWALDirCompat(t *testing.T) {
 func TestConfigUnknownKeys(t *testing.T) {
 	file := cfgWriteFile(t, "wal_flush = 5\ncolour = \"blue\"\nwal_flush_ms = 4\n[wal]\nmax_bytes = 1\n")
 	c, _, err := LoadConfig([]string{"--config", file}, cfgEnv(t))
-	cfgWantErrs(t, err, "config file "+file, "unknown keys: colour, wal, wal_flush", "wal_flush → wal_flush_ms?")
+	cfgWantErrs(t, err, "config file "+file, "unknown keys: colour, wal.max_bytes, wal_flush", "wal_flush → wal_flush_ms?", "wal.max_bytes → wal_max_bytes?")
 	if c.WALFlush != cfgMs(4) {
 		t.Errorf("known keys should still apply: wal_flush_ms = %v", c.WALFlush)
 	}
@@ -817,4 +818,25 @@ func cfgDocsType(f *configKey) string {
 		return "group name or gid"
 	}
 	return "string"
+}
+
+func TestConfigUplinkTable(t *testing.T) {
+	file := cfgWriteFile(t, "[uplink.nats]\nservers = \"nats://10.0.0.5:4222\"\nmax_inflight = 100\ncreate_stream = true\n")
+	c, _, err := LoadConfig([]string{"--config", file, "--uplink-nats-stream", "GW"}, cfgEnv(t, "FRAMEBUS_UPLINK_NATS_PAYLOAD=json"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if c.UplinkServers != "nats://10.0.0.5:4222" || c.UplinkMaxInflight != 100 || !c.UplinkCreateStream || c.UplinkStream != "GW" || c.UplinkPayload != "json" {
+		t.Fatalf("uplink config from table, flag and env: %+v", c)
+	}
+	// --print-config writes the table back as dotted keys that read the same.
+	back, _, err := LoadConfig([]string{"--config", cfgWriteFile(t, string(c.TOML()))}, cfgEnv(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if back.UplinkServers != c.UplinkServers || back.UplinkStream != "GW" || back.UplinkMaxInflight != 100 {
+		t.Fatalf("round trip of the uplink table: %+v", back)
+	}
+	_, _, err = LoadConfig([]string{"--uplink-nats-servers", "nats://x:4222", "--uplink-nats-token", "t", "--uplink-nats-creds-file", "/c", "--uplink-nats-payload", "xml"}, cfgEnv(t))
+	cfgWantErrs(t, err, "one of creds_file, nkey_file and token", "uplink.nats.payload")
 }

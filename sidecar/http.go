@@ -421,6 +421,7 @@ type Status struct {
 	Subscribers []StatusSubscriber        `json:"subscribers"`
 	Cursors     map[string]wal.CursorInfo `json:"cursors"`
 	Commands    StatusCommands            `json:"commands"`
+	Uplink      *UplinkStatus             `json:"uplink,omitempty"` // nil when the uplink is off
 }
 
 // StatusWAL is the WAL part of Status.
@@ -497,6 +498,9 @@ func (s *Sidecar) Status() Status {
 			ss.LagFrames = top - ss.NextSeq + 1
 		}
 		out.Subscribers = append(out.Subscribers, ss)
+	}
+	if s.uplink != nil {
+		out.Uplink = s.uplink.status()
 	}
 	s.router.mu.Lock()
 	out.Commands = StatusCommands{InFlight: len(s.router.inflight), Targets: map[string]string{}}

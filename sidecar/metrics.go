@@ -159,13 +159,21 @@ var (
 	descSubLagSec    = prometheus.NewDesc("framebus_subscriber_lag_seconds", "While a subscriber lags: time since it was last caught up with the durable watermark; 0 when caught up.", []string{"subscriber"}, nil)
 	descSubDelivered = prometheus.NewDesc("framebus_subscriber_delivered_total", "Frames written to a subscriber's egress ring.", []string{"subscriber"}, nil)
 	descSubLost      = prometheus.NewDesc("framebus_subscriber_lost_total", "Frames a subscriber will never receive: deleted by retention before it read them, or a live-only ring was full.", []string{"subscriber"}, nil)
+	descUpConnected  = prometheus.NewDesc("framebus_uplink_connected", "1 while the uplink is connected to NATS.", nil, nil)
+	descUpLag        = prometheus.NewDesc("framebus_uplink_lag_frames", "Durable frames not yet acknowledged by JetStream.", nil, nil)
+	descUpLagSec     = prometheus.NewDesc("framebus_uplink_lag_seconds", "While the uplink lags: time since it was last caught up; 0 when caught up.", nil, nil)
+	descUpPublished  = prometheus.NewDesc("framebus_uplink_published_total", "Frames published to JetStream, resends included.", nil, nil)
+	descUpAcked      = prometheus.NewDesc("framebus_uplink_acked_total", "PubAcks received, duplicates included.", nil, nil)
+	descUpDuplicates = prometheus.NewDesc("framebus_uplink_duplicates_total", "Resent frames JetStream's duplicate window dropped.", nil, nil)
+	descUpErrors     = prometheus.NewDesc("framebus_uplink_errors_total", "Uplink errors: failed publishes and rounds, connection errors.", nil, nil)
 	descCursorLost   = prometheus.NewDesc("framebus_cursor_lost_total", "Frames retention deleted before a durable cursor acked them (cursor_policy drop).", []string{"cursor"}, nil)
 )
 
 func (c stateCollector) Describe(ch chan<- *prometheus.Desc) {
 	for _, d := range []*prometheus.Desc{descRingUsed, descRingCap, descPublished, descDropped, descProdRejected, descProducers, descPaused,
 		descRingPaused, descDegraded, descBacklog, descBacklogBytes, descDurable, descLagFrames, descLagSeconds, descWALBytes,
-		descSubLag, descSubLagSec, descSubDelivered, descSubLost, descCursorLost} {
+		descSubLag, descSubLagSec, descSubDelivered, descSubLost, descCursorLost,
+		descUpConnected, descUpLag, descUpLagSec, descUpPublished, descUpAcked, descUpDuplicates, descUpErrors} {
 		ch <- d
 	}
 }
@@ -222,6 +230,16 @@ func (c stateCollector) Collect(ch chan<- prometheus.Metric) {
 		ch <- prometheus.MustNewConstMetric(descSubDelivered, prometheus.CounterValue, float64(sub.delivered.Load()), sub.label)
 		ch <- prometheus.MustNewConstMetric(descSubLost, prometheus.CounterValue, float64(sub.lost.Load()), sub.label)
 		top = durable
+	}
+	if s.uplink != nil {
+		u := s.uplink.status()
+		ch <- prometheus.MustNewConstMetric(descUpConnected, prometheus.GaugeValue, b2f(u.Connected))
+		ch <- prometheus.MustNewConstMetric(descUpLag, prometheus.GaugeValue, float64(u.LagFrames))
+		ch <- prometheus.MustNewConstMetric(descUpLagSec, prometheus.GaugeValue, u.LagSeconds)
+		ch <- prometheus.MustNewConstMetric(descUpPublished, prometheus.CounterValue, float64(u.Published))
+		ch <- prometheus.MustNewConstMetric(descUpAcked, prometheus.CounterValue, float64(u.Acked))
+		ch <- prometheus.MustNewConstMetric(descUpDuplicates, prometheus.CounterValue, float64(u.Duplicates))
+		ch <- prometheus.MustNewConstMetric(descUpErrors, prometheus.CounterValue, float64(u.Errors))
 	}
 	for name, c := range s.wal.Cursors() {
 		ch <- prometheus.MustNewConstMetric(descCursorLost, prometheus.CounterValue, float64(c.Lost), name)

@@ -104,6 +104,11 @@ func presetBase(name string) (c Config, ok bool) {
 		LogFormat:      "text",
 		WALCompression: "s2",
 		CursorPolicy:   "retain",
+		// Uplink defaults (it is off until uplink.nats.servers is set).
+		UplinkStream:      "FRAMEBUS",
+		UplinkSubject:     "framebus.{gateway}.{producer}.{device}",
+		UplinkMaxInflight: 4096,
+		UplinkPayload:     "flatbuffers",
 	}
 	ok = true
 	switch name {

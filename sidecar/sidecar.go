@@ -57,6 +57,7 @@ type Sidecar struct {
 	// cursor_max_bytes (drain goroutine).
 	heldPause bool
 	api       *httpAPI
+	uplink    *uplink // nil when uplink.nats.servers is empty
 	lostMu    sync.Mutex
 	lostLog   map[string]*lostLog // onCursorLost's rate limit
 	apiAddr   string              // the HTTP API's listening address, "" if off
@@ -194,6 +195,7 @@ func newSidecar(cfg Config, log *slog.Logger, hooks *wal.Hooks) (*Sidecar, error
 	ok = true
 	go s.drainLoop()
 	go s.acceptLoop()
+	s.startUplink()
 	s.log.Info("framebus sidecar running", "name", cfg.Name, "preset", cfg.Preset, "segment", s.seg.Path(),
 		"socket", cfg.SocketPath(), "wal", walDir, "epoch", s.epoch, "rings", len(s.mu.producers), "http", s.apiAddr)
 	return s, nil
@@ -426,6 +428,9 @@ func (s *Sidecar) Shutdown(ctx context.Context) error {
 		case <-s.drained:
 		case <-ctx.Done():
 			s.shutErr = fmt.Errorf("sidecar: shutdown: drain did not finish: %w", ctx.Err())
+		}
+		if s.uplink != nil {
+			s.uplink.stop()
 		}
 		s.router.failAll("the sidecar stopped with the command in flight")
 		s.mu.Lock()

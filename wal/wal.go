@@ -103,7 +103,8 @@ type WAL struct {
 	opts     Options
 	db       *bolt.DB
 	path     string
-	segLimit int // capacity of a standard segment buffer (value bytes)
+	segLimit int   // capacity of a standard segment buffer (value bytes)
+	created  int64 // Unix ns the file was created (meta "created"); see Created
 	// batchBytes caps the new frame bytes of one commit and triggers a
 	// commit: MaxBatchBytes, at most MaxBytes/64.
 	batchBytes int
@@ -345,6 +346,9 @@ func (w *WAL) load() error {
 	return w.db.View(func(tx *bolt.Tx) error {
 		if err := checkFormat(tx.Bucket(bucketMeta)); err != nil {
 			return err
+		}
+		if v := tx.Bucket(bucketMeta).Get(metaCreated); len(v) == 8 {
+			w.created = int64(binary.BigEndian.Uint64(v))
 		}
 		// Count what is stored from the keys and value lengths alone: a
 		// cursor walk over the leaf pages, no value is decoded.
@@ -646,6 +650,12 @@ func (w *WAL) Flush(ctx context.Context) error {
 		}
 	}
 }
+
+// Created returns when the WAL file was created, in Unix nanoseconds: with
+// the sequence numbers it identifies a frame for good (a WAL made anew
+// restarts them at 1, with another creation time). 0 for a file that did
+// not record it.
+func (w *WAL) Created() int64 { return w.created }
 
 // LastSeq returns the highest sequence number assigned by Append (maybe
 // not yet durable).
