@@ -8,6 +8,7 @@ BENCHOUT  ?= bench.out
 E2EBENCHCOUNT ?= 5
 E2EBENCHOUT ?= bench-e2e.out
 SUBBENCHOUT ?= bench-sub.out
+UPBENCHOUT ?= bench-uplink.out
 DEMOTIME  ?= 20s
 BIN       := bin
 
@@ -15,7 +16,7 @@ BIN       := bin
 FUZZ_TARGETS := schema:FuzzVerify schema:FuzzParseJSON shm:FuzzSegmentHeader shm:FuzzRingConsumer sidecar:FuzzFilter
 
 .DEFAULT_GOAL := help
-.PHONY: help build test test-perf fmt-check deps-check vet generate generate-check test-race test-allocs bench bench-e2e bench-sub fuzz fuzz-list lint demo clean
+.PHONY: help build test test-perf fmt-check deps-check vet generate generate-check test-race test-allocs bench bench-e2e bench-sub bench-uplink fuzz fuzz-list lint demo clean
 
 help: ## Show this help.
 	@echo "framebus — shared-memory message bus for multiprocess IoT gateways"
@@ -68,6 +69,10 @@ bench: ## Benchmarks (shm rings vs Unix socket, encoders); results into $(BENCHO
 bench-sub: ## Subscribers and commands vs embedded NATS core: live latency, fan-out, command round trip; $(SUBBENCHOUT) and medians.
 	$(GO) test -run '^$$' -bench 'LiveLatency|FanOut|CommandRoundTrip' -count $(E2EBENCHCOUNT) -timeout 60m ./test | tee $(SUBBENCHOUT)
 	$(GO) run ./cmd/benchreport < $(SUBBENCHOUT)
+
+bench-uplink: ## Uplink forwarding into a local JetStream vs a sync and an async nats.go publisher; $(UPBENCHOUT) and medians.
+	$(GO) test -run '^$$' -bench 'Uplink' -count $(E2EBENCHCOUNT) -timeout 60m ./test | tee $(UPBENCHOUT)
+	$(GO) run ./cmd/benchreport < $(UPBENCHOUT)
 
 bench-e2e: ## End-to-end durable ingest (driver process → sidecar → WAL) vs embedded JetStream and the disk; $(E2EBENCHOUT) and ratios.
 	$(GO) test -run '^$$' -bench EndToEnd -count $(E2EBENCHCOUNT) -timeout 60m ./test | tee $(E2EBENCHOUT)

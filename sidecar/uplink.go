@@ -30,12 +30,12 @@ import (
 // reconnect or a sidecar crash has the same id, and JetStream's duplicate
 // window drops it (the PubAck says so; counted as duplicates).
 //
-// It works in rounds: publish up to max_inflight frames, wait for their
-// acks, move the cursor, repeat. A failed round is sent again from its
-// first frame after a backoff; JetStream keeps the first copy of each
-// message, so a frame that failed while later ones of the same round
-// succeeded is stored after them (order per producer holds unless a round
-// fails part-way).
+// Publishing and acks run side by side (at most max_inflight frames wait
+// for their PubAck). After a failure it starts again, after a backoff, from
+// the first frame not acknowledged; JetStream keeps the first copy of each
+// message, so a frame that failed while later ones were stored is stored
+// after them (order per producer holds unless a failure falls in the
+// middle of the frames in flight).
 
 // uplinkCursor is the uplink's durable cursor in the WAL.
 const uplinkCursor = "uplink-nats"
@@ -49,6 +49,8 @@ type uplink struct {
 	log     *slog.Logger
 	gateway string
 	idBase  string // <gateway>-<WAL creation time>-
+	// subjParts is the subject template, split once.
+	subjParts []subjectPart
 
 	connected  atomic.Bool
 	published  atomic.Uint64
@@ -77,7 +79,7 @@ func (s *Sidecar) startUplink() {
 	}
 	gw = subjectToken(gw)
 	u := &uplink{s: s, cfg: c, log: s.log.With("uplink", "nats"), gateway: gw,
-		idBase: gw + "-" + strconv.FormatInt(s.wal.Created(), 10) + "-", done: make(chan struct{})}
+		idBase: gw + "-" + strconv.FormatInt(s.wal.Created(), 10) + "-", done: make(chan struct{}), subjParts: parseSubject(c.UplinkSubject)}
 	ctx, cancel := context.WithCancel(context.Background())
 	u.cancel = cancel
 	s.uplink = u
@@ -97,6 +99,22 @@ func (u *uplink) setErr(err error) {
 	u.mu.Lock()
 	u.lastErr = err.Error()
 	u.mu.Unlock()
+}
+
+// noteConnErr records a failed connection attempt; the log gets a line
+// when the error changes (not one per attempt).
+func (u *uplink) noteConnErr(err error) {
+	if err == nil {
+		return
+	}
+	u.errors.Add(1)
+	u.mu.Lock()
+	changed := u.lastErr != err.Error()
+	u.lastErr = err.Error()
+	u.mu.Unlock()
+	if changed {
+		u.log.Error("uplink cannot connect to NATS; frames wait in the WAL and it keeps trying", "servers", u.cfg.UplinkServers, "err", err)
+	}
 }
 
 func (u *uplink) options() ([]nats.Option, error) {
@@ -119,6 +137,10 @@ func (u *uplink) options() ([]nats.Option, error) {
 			if u.connected.Swap(false) {
 				u.log.Warn("uplink disconnected; frames wait in the WAL", "err", err)
 			}
+		}),
+		nats.ReconnectErrHandler(func(nc *nats.Conn, err error) {
+			// Connection attempts that fail (also the first ones).
+			u.noteConnErr(err)
 		}),
 		nats.ErrorHandler(func(nc *nats.Conn, _ *nats.Subscription, err error) {
 			u.setErr(err)
@@ -198,6 +220,7 @@ func (u *uplink) run(ctx context.Context) {
 			}
 		}
 		if !nc.IsConnected() {
+			u.noteConnErr(nc.LastError())
 			backoff = min(max(2*backoff, 200*time.Millisecond), uplinkBackoffMax)
 			continue
 		}
@@ -210,25 +233,12 @@ func (u *uplink) run(ctx context.Context) {
 			}
 			streamReady = true
 		}
-		commit := s.commitSignal()
-		next := u.position.Load() + 1
-		if next > s.wal.Durable() {
-			u.caughtUp.Store(time.Now().UnixNano())
-			select {
-			case <-ctx.Done():
-				return
-			case <-commit:
-			case <-time.After(time.Second): // notice a lost connection while idle
-			}
-			continue
-		}
-		n, err := u.round(ctx, js, next)
-		if err != nil {
+		if err := u.pump(ctx, js); err != nil {
 			if ctx.Err() != nil {
 				return
 			}
 			u.setErr(err)
-			u.log.Warn("uplink round failed; sending it again", "from_seq", next, "frames", n, "err", err)
+			u.log.Warn("uplink: forwarding failed; sending again after the last acknowledged frame", "after_seq", u.position.Load(), "err", err)
 			if errors.Is(err, jetstream.ErrNoStreamResponse) || errors.Is(err, jetstream.ErrStreamNotFound) {
 				streamReady = false
 			}
@@ -261,115 +271,240 @@ func (u *uplink) ensureStream(ctx context.Context, js jetstream.JetStream) error
 	return err
 }
 
-var errRoundFull = errors.New("round full")
+// sentFrame is a published frame waiting for its PubAck.
+type sentFrame struct {
+	seq uint64
+	f   jetstream.PubAckFuture
+}
 
-// round publishes up to max_inflight frames from next, waits for their
-// acks and moves the cursor past them. It returns how many it sent.
-func (u *uplink) round(ctx context.Context, js jetstream.JetStream, next uint64) (int, error) {
+// pump forwards frames from the cursor on until an error or ctx ends: one
+// goroutine publishes (PublishMsgAsync blocks at max_inflight pending), this
+// one takes the acks in order and moves the cursor past the acknowledged
+// prefix. On an error it returns, and the next call starts again after the
+// last acknowledged frame.
+func (u *uplink) pump(ctx context.Context, js jetstream.JetStream) error {
 	s := u.s
-	durable := s.wal.Durable()
-	maxN := u.cfg.UplinkMaxInflight
-	type sent struct {
-		seq uint64
-		f   jetstream.PubAckFuture
-	}
-	futures := make([]sent, 0, maxN)
-	var pubErr error
-	var enc []byte
-	err := s.wal.Iterate(next, func(seq uint64, f wal.Frame) error {
-		if seq > durable {
-			return errStopIter
+	pctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	sent := make(chan sentFrame, u.cfg.UplinkMaxInflight)
+	pubErr := make(chan error, 1)
+	go func() {
+		defer close(sent)
+		pubErr <- u.publish(pctx, js, sent)
+	}()
+	pos := u.position.Load()
+	lastSet := time.Now()
+	setCursor := func() error {
+		lastSet = time.Now()
+		if c, ok := s.wal.Cursor(uplinkCursor); ok && c.Acked >= pos {
+			return nil
 		}
-		if len(futures) >= maxN {
-			return errRoundFull
+		if err := s.wal.SetCursor(uplinkCursor, pos); err != nil {
+			return fmt.Errorf("moving the uplink cursor: %w", err)
 		}
-		m := nats.NewMsg(u.subject(schema.Kind(f.Kind), f.Data))
-		m.Header.Set(jetstream.MsgIDHeader, u.idBase+strconv.FormatUint(seq, 10))
-		m.Header.Set("Framebus-Seq", strconv.FormatUint(seq, 10))
-		if u.cfg.UplinkPayload == "json" {
-			var err error
-			if enc, err = schema.AppendDeliveredJSON(enc[:0], seq, schema.Kind(f.Kind), f.Data); err != nil {
-				return nil // the WAL holds verified frames; skip one that is not
-			}
-			m.Header.Set("Content-Type", "application/json")
-			m.Data = enc
-		} else {
-			m.Header.Set("Content-Type", "application/x-flatbuffers; kind="+schema.Kind(f.Kind).String())
-			m.Data = f.Data
-		}
-		fut, err := js.PublishMsgAsync(m)
-		if err != nil {
-			pubErr = err
-			return errRoundFull
-		}
-		u.published.Add(1)
-		futures = append(futures, sent{seq, fut})
 		return nil
-	})
-	if err != nil && !errors.Is(err, errStopIter) && !errors.Is(err, errRoundFull) {
-		return len(futures), fmt.Errorf("reading the WAL: %w", err)
-	}
-	// Frames retention deleted before the uplink sent them (cursor_policy
-	// drop): the cursor moves on, the loss is counted on it.
-	if first := s.wal.FirstSeq(); first > next && (len(futures) == 0 || futures[0].seq > next) {
-		u.log.Warn("uplink: retention deleted frames before they were forwarded", "from_seq", next, "to_seq", first-1)
-	}
-	// Wait for the acks in order; the cursor moves past the acknowledged
-	// prefix.
-	last := next - 1
-	if len(futures) == 0 && pubErr == nil {
-		// Nothing matched up to durable (a gap): move on.
-		last = durable
 	}
 	var ackErr error
-	timeout := time.NewTimer(30 * time.Second)
+	timeout := time.NewTimer(time.Hour)
 	defer timeout.Stop()
-wait:
-	for _, sf := range futures {
+acks:
+	for sf := range sent {
+		timeout.Reset(30 * time.Second)
 		select {
 		case ack := <-sf.f.Ok():
 			u.acked.Add(1)
 			if ack.Duplicate {
 				u.duplicates.Add(1)
 			}
-			last = sf.seq
+			pos = sf.seq
+			u.position.Store(pos)
 		case err := <-sf.f.Err():
 			ackErr = err
-			break wait
+			break acks
 		case <-timeout.C:
 			ackErr = errors.New("no PubAck within 30 s")
-			break wait
+			break acks
 		case <-ctx.Done():
-			return len(futures), ctx.Err()
+			break acks
+		}
+		if len(sent) == 0 || time.Since(lastSet) > 50*time.Millisecond {
+			if err := setCursor(); err != nil {
+				ackErr = err
+				break acks
+			}
+			if len(sent) == 0 {
+				u.caughtUp.Store(time.Now().UnixNano())
+			}
 		}
 	}
-	if last >= next || (len(futures) == 0 && last > u.position.Load()) {
-		if err := s.wal.SetCursor(uplinkCursor, last); err != nil {
-			return len(futures), fmt.Errorf("moving the uplink cursor: %w", err)
-		}
-		u.position.Store(last)
+	cancel()
+	for range sent { // the publisher stops at the cancel
 	}
+	err := setCursor()
 	if ackErr != nil {
-		return len(futures), ackErr
+		return ackErr
 	}
-	return len(futures), pubErr
+	if perr := <-pubErr; perr != nil && ctx.Err() == nil {
+		return perr
+	}
+	return err
+}
+
+// publish sends frames after the uplink's position, in WAL order, as they
+// become durable, until ctx ends or a publish fails.
+func (u *uplink) publish(ctx context.Context, js jetstream.JetStream, sent chan<- sentFrame) error {
+	s := u.s
+	next := u.position.Load() + 1
+	var enc []byte
+	for ctx.Err() == nil {
+		commit := s.commitSignal()
+		durable := s.wal.Durable()
+		if next > durable {
+			select {
+			case <-ctx.Done():
+			case <-commit:
+			case <-time.After(time.Second):
+			}
+			continue
+		}
+		var pubErr error
+		err := s.wal.Iterate(next, func(seq uint64, f wal.Frame) error {
+			if seq > durable {
+				return errStopIter
+			}
+			m := nats.NewMsg(u.subject(schema.Kind(f.Kind), f.Data))
+			m.Header.Set(jetstream.MsgIDHeader, u.idBase+strconv.FormatUint(seq, 10))
+			m.Header.Set("Framebus-Seq", strconv.FormatUint(seq, 10))
+			if u.cfg.UplinkPayload == "json" {
+				var err error
+				if enc, err = schema.AppendDeliveredJSON(enc[:0], seq, schema.Kind(f.Kind), f.Data); err != nil {
+					next = seq + 1 // the WAL holds verified frames; skip one that is not
+					return nil
+				}
+				m.Header.Set("Content-Type", "application/json")
+				m.Data = append([]byte(nil), enc...)
+			} else {
+				m.Header.Set("Content-Type", contentTypes[schema.Kind(f.Kind)])
+				// A copy: f.Data is valid only in this callback, and
+				// JetStream may publish the message again later.
+				m.Data = append([]byte(nil), f.Data...)
+			}
+			fut, err := js.PublishMsgAsync(m)
+			if err != nil {
+				pubErr = err
+				return errStopIter
+			}
+			u.published.Add(1)
+			select {
+			case sent <- sentFrame{seq, fut}:
+			case <-ctx.Done():
+				return ctx.Err()
+			}
+			next = seq + 1
+			return nil
+		})
+		if pubErr != nil {
+			return pubErr
+		}
+		if err != nil && !errors.Is(err, errStopIter) {
+			if ctx.Err() != nil {
+				return nil
+			}
+			return fmt.Errorf("reading the WAL: %w", err)
+		}
+		if first := s.wal.FirstSeq(); first > next {
+			// Retention deleted frames the uplink had not sent
+			// (cursor_policy drop): the WAL counts them on the cursor.
+			u.log.Warn("uplink: retention deleted frames before they were forwarded", "from_seq", next, "to_seq", first-1)
+			next = first
+		}
+	}
+	return nil
+}
+
+var contentTypes = map[schema.Kind]string{
+	schema.KindData:    "application/x-flatbuffers; kind=data",
+	schema.KindCommand: "application/x-flatbuffers; kind=command",
+	schema.KindAck:     "application/x-flatbuffers; kind=ack",
+}
+
+// subjectPart is a piece of the subject template: literal text, or a
+// placeholder ({gateway}, {producer}, {device}, {kind}).
+type subjectPart struct {
+	text string
+	ph   string
+}
+
+// parseSubject splits the template once.
+func parseSubject(tpl string) []subjectPart {
+	var parts []subjectPart
+	for tpl != "" {
+		i := strings.IndexByte(tpl, '{')
+		j := strings.IndexByte(tpl[max(i, 0):], '}')
+		if i < 0 || j < 0 {
+			parts = append(parts, subjectPart{text: tpl})
+			break
+		}
+		name := tpl[i : i+j+1]
+		switch name {
+		case "{gateway}", "{producer}", "{device}", "{kind}":
+			if i > 0 {
+				parts = append(parts, subjectPart{text: tpl[:i]})
+			}
+			parts = append(parts, subjectPart{ph: name})
+		default:
+			parts = append(parts, subjectPart{text: tpl[:i+j+1]})
+		}
+		tpl = tpl[i+j+1:]
+	}
+	return parts
 }
 
 // subject fills the subject template for a frame.
 func (u *uplink) subject(kind schema.Kind, buf []byte) string {
-	var producer, device string
+	var producer, device []byte
 	switch kind {
 	case schema.KindData:
 		d := schema.RootDataFrame(buf)
-		producer, device = string(d.Producer()), string(d.Device())
+		producer, device = d.Producer(), d.Device()
 	case schema.KindCommand:
 		c := schema.RootCommand(buf)
-		producer, device = string(c.Target()), string(c.Device())
+		producer, device = c.Target(), c.Device()
 	default:
-		producer, device = "sidecar", "ack"
+		producer, device = []byte("sidecar"), []byte("ack")
 	}
-	return strings.NewReplacer("{gateway}", u.gateway, "{producer}", subjectToken(producer), "{device}", subjectToken(device),
-		"{kind}", kind.String()).Replace(u.cfg.UplinkSubject)
+	var b strings.Builder
+	b.Grow(64)
+	for _, p := range u.subjParts {
+		switch p.ph {
+		case "":
+			b.WriteString(p.text)
+		case "{gateway}":
+			b.WriteString(u.gateway)
+		case "{producer}":
+			writeToken(&b, producer)
+		case "{device}":
+			writeToken(&b, device)
+		case "{kind}":
+			b.WriteString(kind.String())
+		}
+	}
+	return b.String()
+}
+
+// writeToken writes s as one subject token (see subjectToken).
+func writeToken(b *strings.Builder, s []byte) {
+	if len(s) == 0 {
+		b.WriteByte('_')
+		return
+	}
+	for _, c := range s {
+		switch c {
+		case '.', ' ', '\t', '\r', '\n', '*', '>':
+			c = '_'
+		}
+		b.WriteByte(c)
+	}
 }
 
 // subjectToken makes s one NATS subject token: no dots, spaces or

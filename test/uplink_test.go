@@ -4,8 +4,10 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"net"
 	"net/http"
 	"path/filepath"
+	"strings"
 	"syscall"
 	"testing"
 	"time"
@@ -182,4 +184,219 @@ func TestUplink(t *testing.T) {
 		}
 	}
 	_ = fmt.Sprint
+}
+
+// TestUplinkOutage: JetStream stopped for 30 s under load, then started
+// again: the WAL keeps the frames, and afterwards every frame is in the
+// stream once, in per-producer order.
+func TestUplinkOutage(t *testing.T) {
+	dir := t.TempDir()
+	opts := &server.Options{Host: "127.0.0.1", Port: server.RANDOM_PORT, NoLog: true, NoSigs: true, JetStream: true, StoreDir: dir}
+	srv, err := server.NewServer(opts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv.Start()
+	if !srv.ReadyForConnections(10 * time.Second) {
+		t.Fatal("nats-server not ready")
+	}
+	url := srv.ClientURL()
+	port := srv.Addr().(*net.TCPAddr).Port
+	defer func() { srv.Shutdown(); srv.WaitForShutdown() }()
+
+	httpAddr := freeAddr(t)
+	b := newBus(t, "--uplink-nats-servers", url, "--uplink-nats-create-stream", "--http-addr", httpAddr)
+	sc := b.startSidecar()
+	defer sc.stop(t)
+	const rate, seconds = 5000, 40
+	p := b.publish("P", rate*seconds, "--rate", fmt.Sprint(rate))
+	time.Sleep(5 * time.Second)
+	srv.Shutdown()
+	srv.WaitForShutdown()
+	waitFor(t, 10*time.Second, "the uplink to notice", func() bool { c, _ := uplinkStatus(t, httpAddr)["connected"].(bool); return !c })
+	time.Sleep(30 * time.Second)
+	u := uplinkStatus(t, httpAddr)
+	if lag, _ := u["lag_frames"].(float64); lag < rate*20 {
+		t.Errorf("after 30 s without JetStream the uplink lags %v frames; want the outage's frames waiting", lag)
+	}
+	opts.Port = port
+	srv, err = server.NewServer(opts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv.Start()
+	if !srv.ReadyForConnections(10 * time.Second) {
+		t.Fatal("nats-server not ready after the restart")
+	}
+	if err := p.wait(t, time.Minute); err != nil {
+		t.Fatalf("the driver stalled during the outage: %v\n%s", err, p.out.String())
+	}
+	waitStream(t, url, "FRAMEBUS", rate*seconds, 2*time.Minute)
+	got, total := streamFrames(t, url, "FRAMEBUS")
+	if total != rate*seconds || len(got["P"]) != rate*seconds {
+		t.Fatalf("stream holds %d messages, %d of P; want %d", total, len(got["P"]), rate*seconds)
+	}
+	for i, s := range got["P"] {
+		if s != uint64(i) {
+			t.Fatalf("stream position %d holds seq %d", i, s)
+		}
+	}
+	t.Logf("uplink after the outage: %v", uplinkStatus(t, httpAddr))
+	st := start(t, "uplink", "status", "--http-addr", httpAddr)
+	if err := st.wait(t, 30*time.Second); err != nil || !strings.Contains(st.out.String(), "uplink: connected") || !strings.Contains(st.out.String(), "lag 0 frames") {
+		t.Fatalf("framebus uplink status: %v\n%s", err, st.out.String())
+	}
+}
+
+// TestUplinkRefused: wrong credentials and an unreachable server give a
+// clear error in the log and the status, and ingest goes on.
+func TestUplinkRefused(t *testing.T) {
+	srv, err := server.NewServer(&server.Options{Host: "127.0.0.1", Port: server.RANDOM_PORT, NoLog: true, NoSigs: true,
+		JetStream: true, StoreDir: t.TempDir(), Authorization: "s3cret"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv.Start()
+	defer func() { srv.Shutdown(); srv.WaitForShutdown() }()
+	if !srv.ReadyForConnections(10 * time.Second) {
+		t.Fatal("nats-server not ready")
+	}
+	for _, tc := range []struct{ name, url, token, want string }{
+		{"wrong token", srv.ClientURL(), "wrong", "uthorization"},
+		{"unreachable", "nats://" + freeAddr(t), "", "connection refused"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			httpAddr := freeAddr(t)
+			args := []string{"--uplink-nats-servers", tc.url, "--uplink-nats-create-stream", "--http-addr", httpAddr}
+			if tc.token != "" {
+				args = append(args, "--uplink-nats-token", tc.token)
+			}
+			b := newBus(t, args...)
+			sc := b.startSidecar()
+			defer sc.stop(t)
+			p := b.publish("P", 50000)
+			if err := p.wait(t, time.Minute); err != nil {
+				t.Fatalf("ingest failed while the uplink cannot connect: %v\n%s", err, p.out.String())
+			}
+			waitFor(t, 20*time.Second, "the error in the status", func() bool {
+				e, _ := uplinkStatus(t, httpAddr)["last_error"].(string)
+				return strings.Contains(e, tc.want)
+			})
+			u := uplinkStatus(t, httpAddr)
+			if c, _ := u["connected"].(bool); c {
+				t.Fatalf("status says connected: %v", u)
+			}
+			if !strings.Contains(sc.out.String(), tc.want) {
+				t.Fatalf("no log line with %q:\n%s", tc.want, sc.out.String())
+			}
+			t.Logf("status: %v", u["last_error"])
+		})
+	}
+}
+
+// BenchmarkUplink: forwarding throughput of the WAL into a local
+// single-node JetStream (file store), against, in the same run, a naive
+// publisher (a synchronous Publish per frame) and an async publisher
+// (PublishAsync, at most 4096 pending, as the uplink's max_inflight) moving
+// the same frames. framebus: the WAL is filled with uplinkBenchFrames
+// frames by a driver while the uplink is off; then the sidecar starts with
+// the uplink, and frames/s is the frames over the time until the stream
+// holds all of them.
+const uplinkBenchFrames = 300_000
+
+func BenchmarkUplink(b *testing.B) {
+	tpl := benchTemplate(b)
+	frames := make([][]byte, uplinkBenchFrames)
+	for i := range frames {
+		tpl.SetSeq(uint64(i))
+		tpl.SetTs(0, time.Now().UnixNano())
+		frames[i] = append([]byte(nil), tpl.Bytes()...)
+	}
+	newStream := func(b *testing.B) (*server.Server, jetstream.JetStream, *nats.Conn) {
+		srv := startJetStream(b)
+		nc, err := nats.Connect(srv.ClientURL())
+		if err != nil {
+			b.Fatal(err)
+		}
+		js, _ := jetstream.New(nc, jetstream.WithPublishAsyncMaxPending(4096))
+		if _, err := js.CreateStream(context.Background(), jetstream.StreamConfig{Name: "FRAMEBUS", Subjects: []string{"framebus.>"},
+			Storage: jetstream.FileStorage}); err != nil {
+			b.Fatal(err)
+		}
+		return srv, js, nc
+	}
+	report := func(b *testing.B, total int, d time.Duration) {
+		b.ReportMetric(0, "ns/op")
+		b.ReportMetric(float64(total)/d.Seconds(), "frames/s")
+	}
+	b.Run("bus=framebus", func(b *testing.B) {
+		var total int
+		var busy time.Duration
+		for op := 0; op < b.N; op++ {
+			b.StopTimer()
+			srv, _, nc := newStream(b)
+			nc.Close()
+			bus := newBenchBus(b, "--metrics-addr", "off")
+			sc := bus.startSidecar()
+			p := bus.publish("bench", uplinkBenchFrames, "--points", "1")
+			if err := p.wait(b, 5*time.Minute); err != nil {
+				b.Fatalf("publish: %v\n%s", err, p.out.String())
+			}
+			sc.stop(b)
+			bus.extra = append(bus.extra, "--uplink-nats-servers", srv.ClientURL())
+			b.StartTimer()
+			start := time.Now()
+			sc = bus.startSidecar()
+			waitStream(b, srv.ClientURL(), "FRAMEBUS", uplinkBenchFrames, 5*time.Minute)
+			busy += time.Since(start)
+			total += uplinkBenchFrames
+			b.StopTimer()
+			sc.stop(b)
+		}
+		report(b, total, busy)
+	})
+	b.Run("peer=sync-publish", func(b *testing.B) {
+		var total int
+		var busy time.Duration
+		for op := 0; op < b.N; op++ {
+			b.StopTimer()
+			_, js, nc := newStream(b)
+			b.StartTimer()
+			start := time.Now()
+			ctx := context.Background()
+			for i, f := range frames {
+				if _, err := js.Publish(ctx, "framebus.gw.bench.sim", f, jetstream.WithMsgID(fmt.Sprintf("gw-1-%d", i+1))); err != nil {
+					b.Fatal(err)
+				}
+			}
+			busy += time.Since(start)
+			total += len(frames)
+			nc.Close()
+		}
+		report(b, total, busy)
+	})
+	b.Run("peer=async-publish", func(b *testing.B) {
+		var total int
+		var busy time.Duration
+		for op := 0; op < b.N; op++ {
+			b.StopTimer()
+			_, js, nc := newStream(b)
+			b.StartTimer()
+			start := time.Now()
+			for i, f := range frames {
+				if _, err := js.PublishAsync("framebus.gw.bench.sim", f, jetstream.WithMsgID(fmt.Sprintf("gw-1-%d", i+1))); err != nil {
+					b.Fatal(err)
+				}
+			}
+			select {
+			case <-js.PublishAsyncComplete():
+			case <-time.After(5 * time.Minute):
+				b.Fatal("acks outstanding after 5 minutes")
+			}
+			busy += time.Since(start)
+			total += len(frames)
+			nc.Close()
+		}
+		report(b, total, busy)
+	})
 }

@@ -22,6 +22,7 @@ Usage:
   framebus cmd [flags]      send a command to a driver and print its stages
                             (framebus cmd -h)
   framebus wal stats|verify inspect a WAL offline
+  framebus uplink status    the NATS JetStream uplink's state
   framebus demo [flags]     a sidecar and simulated drivers for 20 s, with live
                             throughput (framebus demo -h)
   framebus version         print the version
@@ -80,6 +81,8 @@ func run(args []string, stdout, stderr io.Writer) int {
 		return cmdMain(args[1:], stdout, stderr)
 	case "wal":
 		return walMain(args[1:], stdout, stderr)
+	case "uplink":
+		return uplinkMain(args[1:], stdout, stderr)
 	case "demo":
 		return demoMain(args[1:], stdout, stderr)
 	case "version", "--version":
