@@ -62,6 +62,7 @@ type uplink struct {
 
 	mu      sync.Mutex
 	lastErr string
+	server  string // the server connected to, last
 
 	cancel context.CancelFunc
 	done   chan struct{}
@@ -101,6 +102,12 @@ func (u *uplink) setErr(err error) {
 	u.mu.Unlock()
 }
 
+func (u *uplink) setServer(url string) {
+	u.mu.Lock()
+	u.server = url
+	u.mu.Unlock()
+}
+
 // noteConnErr records a failed connection attempt; the log gets a line
 // when the error changes (not one per attempt).
 func (u *uplink) noteConnErr(err error) {
@@ -126,10 +133,12 @@ func (u *uplink) options() ([]nats.Option, error) {
 		nats.ReconnectWait(500 * time.Millisecond),
 		nats.ReconnectJitter(250*time.Millisecond, time.Second),
 		nats.ConnectHandler(func(nc *nats.Conn) {
+			u.setServer(nc.ConnectedUrlRedacted())
 			u.connected.Store(true)
 			u.log.Info("uplink connected", "server", nc.ConnectedUrlRedacted())
 		}),
 		nats.ReconnectHandler(func(nc *nats.Conn) {
+			u.setServer(nc.ConnectedUrlRedacted())
 			u.connected.Store(true)
 			u.log.Info("uplink reconnected", "server", nc.ConnectedUrlRedacted())
 		}),
@@ -527,7 +536,8 @@ type UplinkStatus struct {
 	Servers    string  `json:"servers"`
 	Stream     string  `json:"stream"`
 	Connected  bool    `json:"connected"`
-	Position   uint64  `json:"position"` // every frame up to it is in JetStream
+	Server     string  `json:"server,omitempty"` // the server it is (or was last) connected to
+	Position   uint64  `json:"position"`         // every frame up to it is in JetStream
 	LagFrames  uint64  `json:"lag_frames"`
 	LagSeconds float64 `json:"lag_seconds"`
 	Published  uint64  `json:"published"`
@@ -547,7 +557,7 @@ func (u *uplink) status() *UplinkStatus {
 		st.LagSeconds = time.Since(time.Unix(0, u.caughtUp.Load())).Seconds()
 	}
 	u.mu.Lock()
-	st.LastError = u.lastErr
+	st.LastError, st.Server = u.lastErr, u.server
 	u.mu.Unlock()
 	return st
 }

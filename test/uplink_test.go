@@ -7,6 +7,7 @@ import (
 	"net"
 	"net/http"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"syscall"
 	"testing"
@@ -422,4 +423,149 @@ func BenchmarkUplink(b *testing.B) {
 		}
 		report(b, total, busy)
 	})
+}
+
+// freePort returns a free 127.0.0.1 port number.
+func freePort(t testing.TB) int {
+	t.Helper()
+	_, p, _ := net.SplitHostPort(freeAddr(t))
+	n, _ := strconv.Atoi(p)
+	return n
+}
+
+// TestUplinkCluster: a 3-node JetStream cluster (servers in this process on
+// 127.0.0.1 ports), an R3 stream, one node shut down while the uplink
+// forwards: every frame arrives once, in order.
+func TestUplinkCluster(t *testing.T) {
+	const nodes = 3
+	var clientPorts, routePorts []int
+	for i := 0; i < nodes; i++ {
+		clientPorts = append(clientPorts, freePort(t))
+		routePorts = append(routePorts, freePort(t))
+	}
+	var routes []string
+	for _, p := range routePorts {
+		routes = append(routes, fmt.Sprintf("nats://127.0.0.1:%d", p))
+	}
+	var srvs []*server.Server
+	var urls []string
+	for i := 0; i < nodes; i++ {
+		opts := &server.Options{ServerName: fmt.Sprintf("n%d", i), Host: "127.0.0.1", Port: clientPorts[i], NoLog: true, NoSigs: true,
+			JetStream: true, StoreDir: filepath.Join(t.TempDir(), "js"),
+			Cluster: server.ClusterOpts{Name: "plant", Host: "127.0.0.1", Port: routePorts[i]},
+			Routes:  server.RoutesFromStr(strings.Join(routes, ","))}
+		srv, err := server.NewServer(opts)
+		if err != nil {
+			t.Fatal(err)
+		}
+		srv.Start()
+		srvs = append(srvs, srv)
+		urls = append(urls, srv.ClientURL())
+		defer func() { srv.Shutdown(); srv.WaitForShutdown() }()
+	}
+	for _, s := range srvs {
+		if !s.ReadyForConnections(20 * time.Second) {
+			t.Fatal("cluster node not ready")
+		}
+	}
+	// The R3 stream, once the cluster has a JetStream leader.
+	nc, err := nats.Connect(strings.Join(urls, ","))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer nc.Close()
+	js, _ := jetstream.New(nc)
+	waitFor(t, 60*time.Second, "an R3 stream on the cluster", func() bool {
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		_, err := js.CreateStream(ctx, jetstream.StreamConfig{Name: "FRAMEBUS", Subjects: []string{"framebus.>"}, Storage: jetstream.FileStorage, Replicas: 3})
+		return err == nil
+	})
+
+	n := 200_000
+	if raceEnabled {
+		n = 60_000
+	}
+	httpAddr := freeAddr(t)
+	b := newBus(t, "--uplink-nats-servers", strings.Join(urls, ","), "--http-addr", httpAddr)
+	sc := b.startSidecar()
+	defer sc.stop(t)
+	p := b.publish("P", n, "--rate", fmt.Sprint(n/8)) // about 8 s of load
+	waitFor(t, time.Minute, "forwarding under way", func() bool {
+		pos, _ := uplinkStatus(t, httpAddr)["position"].(float64)
+		return pos > float64(n/4)
+	})
+	// Shut down the node the uplink is connected to.
+	victim := -1
+	conn, _ := uplinkStatus(t, httpAddr)["server"].(string)
+	for i, u := range urls {
+		if u == conn {
+			victim = i
+		}
+	}
+	if victim < 0 {
+		t.Fatalf("the uplink's server %q is none of %v", conn, urls)
+	}
+	srvs[victim].Shutdown()
+	srvs[victim].WaitForShutdown()
+	t.Logf("node n%d shut down at uplink position %v", victim, uplinkStatus(t, httpAddr)["position"])
+	if err := p.wait(t, 2*time.Minute); err != nil {
+		t.Fatalf("publish: %v\n%s", err, p.out.String())
+	}
+	live := urls[(victim+1)%nodes]
+	waitStream(t, live, "FRAMEBUS", uint64(n), 3*time.Minute)
+	got, total := streamFrames(t, live, "FRAMEBUS")
+	if total != uint64(n) || len(got["P"]) != n {
+		t.Fatalf("stream holds %d messages, %d of P; want %d", total, len(got["P"]), n)
+	}
+	for i, s := range got["P"] {
+		if s != uint64(i) {
+			t.Fatalf("stream position %d holds seq %d", i, s)
+		}
+	}
+	t.Logf("uplink after losing a node: %v", uplinkStatus(t, httpAddr))
+}
+
+// TestUplinkMessages: subjects, headers and the JSON payload option.
+func TestUplinkMessages(t *testing.T) {
+	js := startJetStream(t)
+	b := newBus(t, "--uplink-nats-servers", js.ClientURL(), "--uplink-nats-create-stream", "--uplink-nats-gateway", "gw.7",
+		"--uplink-nats-payload", "json")
+	sc := b.startSidecar()
+	defer sc.stop(t)
+	p := b.publish("P", 100, "--device", "pump 1")
+	if err := p.wait(t, time.Minute); err != nil {
+		t.Fatalf("publish: %v\n%s", err, p.out.String())
+	}
+	waitStream(t, js.ClientURL(), "FRAMEBUS", 100, time.Minute)
+	nc, err := nats.Connect(js.ClientURL())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer nc.Close()
+	jsc, _ := jetstream.New(nc)
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	st, _ := jsc.Stream(ctx, "FRAMEBUS")
+	for i := uint64(1); i <= 100; i++ {
+		m, err := st.GetMsg(ctx, i)
+		if err != nil {
+			t.Fatal(err)
+		}
+		var f struct {
+			WALSeq   uint64 `json:"wal_seq"`
+			Kind     string `json:"kind"`
+			Producer string `json:"producer"`
+			Seq      uint64 `json:"seq"`
+		}
+		if err := json.Unmarshal(m.Data, &f); err != nil {
+			t.Fatalf("message %d is not JSON: %v: %s", i, err, m.Data)
+		}
+		id := m.Header.Get(jetstream.MsgIDHeader)
+		if m.Subject != "framebus.gw_7.P.pump_1" || m.Header.Get("Content-Type") != "application/json" ||
+			m.Header.Get("Framebus-Seq") != strconv.FormatUint(f.WALSeq, 10) || !strings.HasPrefix(id, "gw_7-") ||
+			!strings.HasSuffix(id, "-"+strconv.FormatUint(f.WALSeq, 10)) || f.Kind != "data" || f.Producer != "P" || f.Seq != i-1 {
+			t.Fatalf("message %d: subject %q headers %v body %+v", i, m.Subject, m.Header, f)
+		}
+	}
 }
