@@ -64,6 +64,8 @@ type uplink struct {
 	lastErr string
 	server  string // the server connected to, last
 
+	tracker *ackTracker
+
 	cancel context.CancelFunc
 	done   chan struct{}
 }
@@ -195,7 +197,11 @@ func (u *uplink) run(ctx context.Context) {
 		return
 	}
 	defer nc.Close()
-	js, err := jetstream.New(nc, jetstream.WithPublishAsyncMaxPending(u.cfg.UplinkMaxInflight))
+	u.tracker = &ackTracker{u: u, done: map[uint64]bool{}}
+	js, err := jetstream.New(nc, jetstream.WithPublishAsyncMaxPending(u.cfg.UplinkMaxInflight),
+		jetstream.WithPublishAsyncAckHandler(func(_ jetstream.JetStream, m *nats.Msg, ack *jetstream.PubAck) { u.tracker.onAck(m, ack) }),
+		jetstream.WithPublishAsyncErrHandler(func(_ jetstream.JetStream, m *nats.Msg, err error) { u.tracker.onErr(m, err) }),
+		jetstream.WithPublishAsyncTimeout(30*time.Second))
 	if err != nil {
 		u.setErr(err)
 		u.log.Error("uplink not started", "err", err)
@@ -280,99 +286,99 @@ func (u *uplink) ensureStream(ctx context.Context, js jetstream.JetStream) error
 	return err
 }
 
-// sentFrame is a published frame waiting for its PubAck.
-type sentFrame struct {
-	seq uint64
-	f   jetstream.PubAckFuture
+// ackTracker follows the PubAcks (delivered by nats.go's async ack and
+// error handlers, in any order): pos is the highest sequence number up to
+// which every frame is acknowledged.
+type ackTracker struct {
+	u    *uplink
+	mu   sync.Mutex
+	pos  uint64
+	done map[uint64]bool // acknowledged beyond pos
+	err  error           // the first failure since reset
 }
 
-// pump forwards frames from the cursor on until an error or ctx ends: one
-// goroutine publishes (PublishMsgAsync blocks at max_inflight pending), this
-// one takes the acks in order and moves the cursor past the acknowledged
-// prefix. On an error it returns, and the next call starts again after the
-// last acknowledged frame.
+func (t *ackTracker) reset(pos uint64) {
+	t.mu.Lock()
+	t.pos, t.err = pos, nil
+	clear(t.done)
+	t.mu.Unlock()
+}
+
+func (t *ackTracker) onAck(m *nats.Msg, ack *jetstream.PubAck) {
+	seq, err := strconv.ParseUint(m.Header.Get("Framebus-Seq"), 10, 64)
+	if err != nil {
+		return
+	}
+	t.u.acked.Add(1)
+	if ack != nil && ack.Duplicate {
+		t.u.duplicates.Add(1)
+	}
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	switch {
+	case seq == t.pos+1:
+		t.pos++
+		for t.done[t.pos+1] {
+			delete(t.done, t.pos+1)
+			t.pos++
+		}
+	case seq > t.pos:
+		t.done[seq] = true
+	}
+}
+
+func (t *ackTracker) onErr(m *nats.Msg, err error) {
+	t.mu.Lock()
+	if t.err == nil {
+		t.err = err
+	}
+	t.mu.Unlock()
+}
+
+func (t *ackTracker) state() (uint64, error) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	return t.pos, t.err
+}
+
+// pump forwards frames from the uplink's position on until a publish
+// fails, an ack reports an error, or ctx ends. PublishMsgAsync blocks at
+// max_inflight pending; the acks arrive through the tracker, and the cursor
+// follows its acknowledged prefix (every 50 ms, and when caught up). The
+// next call starts again after the last acknowledged frame.
 func (u *uplink) pump(ctx context.Context, js jetstream.JetStream) error {
 	s := u.s
-	pctx, cancel := context.WithCancel(ctx)
-	defer cancel()
-	sent := make(chan sentFrame, u.cfg.UplinkMaxInflight)
-	pubErr := make(chan error, 1)
-	go func() {
-		defer close(sent)
-		pubErr <- u.publish(pctx, js, sent)
-	}()
-	pos := u.position.Load()
-	lastSet := time.Now()
-	setCursor := func() error {
-		lastSet = time.Now()
-		if c, ok := s.wal.Cursor(uplinkCursor); ok && c.Acked >= pos {
-			return nil
-		}
-		if err := s.wal.SetCursor(uplinkCursor, pos); err != nil {
-			return fmt.Errorf("moving the uplink cursor: %w", err)
-		}
-		return nil
-	}
-	var ackErr error
-	timeout := time.NewTimer(time.Hour)
-	defer timeout.Stop()
-acks:
-	for sf := range sent {
-		timeout.Reset(30 * time.Second)
-		select {
-		case ack := <-sf.f.Ok():
-			u.acked.Add(1)
-			if ack.Duplicate {
-				u.duplicates.Add(1)
-			}
-			pos = sf.seq
-			u.position.Store(pos)
-		case err := <-sf.f.Err():
-			ackErr = err
-			break acks
-		case <-timeout.C:
-			ackErr = errors.New("no PubAck within 30 s")
-			break acks
-		case <-ctx.Done():
-			break acks
-		}
-		if len(sent) == 0 || time.Since(lastSet) > 50*time.Millisecond {
-			if err := setCursor(); err != nil {
-				ackErr = err
-				break acks
-			}
-			if len(sent) == 0 {
-				u.caughtUp.Store(time.Now().UnixNano())
-			}
-		}
-	}
-	cancel()
-	for range sent { // the publisher stops at the cancel
-	}
-	err := setCursor()
-	if ackErr != nil {
-		return ackErr
-	}
-	if perr := <-pubErr; perr != nil && ctx.Err() == nil {
-		return perr
-	}
-	return err
-}
-
-// publish sends frames after the uplink's position, in WAL order, as they
-// become durable, until ctx ends or a publish fails.
-func (u *uplink) publish(ctx context.Context, js jetstream.JetStream, sent chan<- sentFrame) error {
-	s := u.s
+	u.tracker.reset(u.position.Load())
 	next := u.position.Load() + 1
 	var enc []byte
+	lastSet := time.Now()
+	syncCursor := func() error {
+		pos, err := u.tracker.state()
+		if pos > u.position.Load() {
+			u.position.Store(pos)
+			if serr := s.wal.SetCursor(uplinkCursor, pos); serr != nil {
+				return fmt.Errorf("moving the uplink cursor: %w", serr)
+			}
+		}
+		lastSet = time.Now()
+		if pos >= s.wal.Durable() {
+			u.caughtUp.Store(time.Now().UnixNano())
+		}
+		return err
+	}
+	tick := time.NewTicker(50 * time.Millisecond)
+	defer tick.Stop()
 	for ctx.Err() == nil {
+		if err := syncCursor(); err != nil {
+			return err
+		}
 		commit := s.commitSignal()
 		durable := s.wal.Durable()
 		if next > durable {
 			select {
 			case <-ctx.Done():
 			case <-commit:
-			case <-time.After(time.Second):
+			case <-tick.C:
 			}
 			continue
 		}
@@ -398,26 +404,27 @@ func (u *uplink) publish(ctx context.Context, js jetstream.JetStream, sent chan<
 				// JetStream may publish the message again later.
 				m.Data = append([]byte(nil), f.Data...)
 			}
-			fut, err := js.PublishMsgAsync(m)
-			if err != nil {
+			if _, err := js.PublishMsgAsync(m); err != nil {
 				pubErr = err
 				return errStopIter
 			}
 			u.published.Add(1)
-			select {
-			case sent <- sentFrame{seq, fut}:
-			case <-ctx.Done():
-				return ctx.Err()
-			}
 			next = seq + 1
+			if time.Since(lastSet) > 50*time.Millisecond {
+				if err := syncCursor(); err != nil {
+					pubErr = err
+					return errStopIter
+				}
+			}
 			return nil
 		})
 		if pubErr != nil {
+			syncCursor()
 			return pubErr
 		}
 		if err != nil && !errors.Is(err, errStopIter) {
 			if ctx.Err() != nil {
-				return nil
+				break
 			}
 			return fmt.Errorf("reading the WAL: %w", err)
 		}
@@ -425,9 +432,15 @@ func (u *uplink) publish(ctx context.Context, js jetstream.JetStream, sent chan<
 			// Retention deleted frames the uplink had not sent
 			// (cursor_policy drop): the WAL counts them on the cursor.
 			u.log.Warn("uplink: retention deleted frames before they were forwarded", "from_seq", next, "to_seq", first-1)
+			u.tracker.mu.Lock()
+			if u.tracker.pos < first-1 {
+				u.tracker.pos = first - 1
+			}
+			u.tracker.mu.Unlock()
 			next = first
 		}
 	}
+	syncCursor()
 	return nil
 }
 
