@@ -132,6 +132,12 @@ func (u *uplink) options() ([]nats.Option, error) {
 		nats.Name("framebus " + u.gateway),
 		nats.MaxReconnects(-1),
 		nats.RetryOnFailedConnect(true),
+		// No reconnect buffer: a publish while disconnected fails at once,
+		// and the uplink sends again from its last acknowledged frame
+		// after the reconnect. Buffered publishes would be stored after
+		// reconnecting while earlier ones in flight were lost: out of
+		// order.
+		nats.ReconnectBufSize(-1),
 		nats.ReconnectWait(500 * time.Millisecond),
 		nats.ReconnectJitter(250*time.Millisecond, time.Second),
 		nats.ConnectHandler(func(nc *nats.Conn) {
@@ -248,7 +254,7 @@ func (u *uplink) run(ctx context.Context) {
 			}
 			streamReady = true
 		}
-		if err := u.pump(ctx, js); err != nil {
+		if err := u.pump(ctx, nc, js); err != nil {
 			if ctx.Err() != nil {
 				return
 			}
@@ -346,8 +352,12 @@ func (t *ackTracker) state() (uint64, error) {
 // max_inflight pending; the acks arrive through the tracker, and the cursor
 // follows its acknowledged prefix (every 50 ms, and when caught up). The
 // next call starts again after the last acknowledged frame.
-func (u *uplink) pump(ctx context.Context, js jetstream.JetStream) error {
+func (u *uplink) pump(ctx context.Context, nc *nats.Conn, js jetstream.JetStream) error {
 	s := u.s
+	// A reconnect ends the pump: publishes in flight on the old
+	// connection may be lost while later ones are stored, so everything
+	// after the last acknowledged frame is sent again, in order.
+	reconnects := nc.Stats().Reconnects
 	u.tracker.reset(u.position.Load())
 	next := u.position.Load() + 1
 	var enc []byte
@@ -403,6 +413,16 @@ func (u *uplink) pump(ctx context.Context, js jetstream.JetStream) error {
 				// A copy: f.Data is valid only in this callback, and
 				// JetStream may publish the message again later.
 				m.Data = append([]byte(nil), f.Data...)
+			}
+			if nc.Stats().Reconnects != reconnects || !nc.IsConnected() {
+				pubErr = errors.New("the NATS connection was lost: sending again after the last acknowledged frame")
+				return errStopIter
+			}
+			if _, err := u.tracker.state(); err != nil {
+				// Stop at the first failure: what follows is sent again
+				// after the last acknowledged frame, in order.
+				pubErr = err
+				return errStopIter
 			}
 			if _, err := js.PublishMsgAsync(m); err != nil {
 				pubErr = err

@@ -61,6 +61,7 @@ func streamFrames(t testing.TB, url, stream string) (map[string][]uint64, uint64
 	}
 	out := map[string][]uint64{}
 	var n uint64
+	empty := 0
 	for n < total {
 		batch, err := cons.Fetch(10000, jetstream.FetchMaxWait(5*time.Second))
 		if err != nil {
@@ -76,8 +77,14 @@ func streamFrames(t testing.TB, url, stream string) (map[string][]uint64, uint64
 			d := schema.RootDataFrame(m.Data())
 			out[string(d.Producer())] = append(out[string(d.Producer())], d.Seq())
 		}
-		if got == 0 {
-			t.Fatalf("the stream stopped after %d of %d messages", n, total)
+		if got > 0 {
+			empty = 0
+			continue
+		}
+		// A cluster that lost a node may move the consumer's leader:
+		// the ordered consumer recovers by itself, give it time.
+		if empty++; empty == 12 {
+			t.Fatalf("reading the stream stopped after %d of %d messages (60 s without a message)", n, total)
 		}
 	}
 	return out, total
@@ -434,8 +441,8 @@ func freePort(t testing.TB) int {
 }
 
 // TestUplinkCluster: a 3-node JetStream cluster (servers in this process on
-// 127.0.0.1 ports), an R3 stream, one node shut down while the uplink
-// forwards: every frame arrives once, in order.
+// 127.0.0.1 ports), an R3 stream, the node the uplink is connected to shut
+// down while it forwards: every frame arrives, none twice.
 func TestUplinkCluster(t *testing.T) {
 	const nodes = 3
 	var clientPorts, routePorts []int
@@ -518,12 +525,21 @@ func TestUplinkCluster(t *testing.T) {
 	if total != uint64(n) || len(got["P"]) != n {
 		t.Fatalf("stream holds %d messages, %d of P; want %d", total, len(got["P"]), n)
 	}
+	// Each frame once. The order may break around the failover: frames in
+	// flight to the node that died can be stored after later ones (see
+	// docs/uplink.md); count how many are out of place.
+	seen := make([]bool, n)
+	moved := 0
 	for i, s := range got["P"] {
+		if s >= uint64(n) || seen[s] {
+			t.Fatalf("stream position %d holds seq %d: out of range or twice", i, s)
+		}
+		seen[s] = true
 		if s != uint64(i) {
-			t.Fatalf("stream position %d holds seq %d", i, s)
+			moved++
 		}
 	}
-	t.Logf("uplink after losing a node: %v", uplinkStatus(t, httpAddr))
+	t.Logf("uplink after losing a node: %v; frames out of order: %d", uplinkStatus(t, httpAddr), moved)
 }
 
 // TestUplinkMessages: subjects, headers and the JSON payload option.
