@@ -181,24 +181,9 @@ func attach(ctx context.Context, cfg *Config, resume *shm.Resume) (*net.UnixConn
 	if _, err := conn.Write(hello); err != nil {
 		return fail(fmt.Errorf("%w: %s: %v", ErrNoSidecar, path, err))
 	}
-	buf := make([]byte, shm.MaxMessageSize+1)
-	n, err := conn.Read(buf)
-	if err != nil {
-		return fail(fmt.Errorf("%w: %s: no welcome: %v", ErrNoSidecar, path, err))
-	}
-	m, err := shm.DecodeMessage(buf[:n])
+	m, err := readWelcome(conn, path)
 	if err != nil {
 		return fail(err)
-	}
-	switch m.Op {
-	case shm.OpWelcome:
-	case shm.OpError:
-		return fail(fmt.Errorf("%w: %s: %s", ErrRefused, m.Code, m.Message))
-	default:
-		return fail(fmt.Errorf("%w: expected welcome, got %q", shm.ErrProtocol, m.Op))
-	}
-	if m.Version != shm.ProtocolVersion {
-		return fail(fmt.Errorf("%w: sidecar speaks protocol %d, this client %d", ErrRefused, m.Version, shm.ProtocolVersion))
 	}
 	conn.SetDeadline(time.Time{})
 	return conn, m, nil
@@ -489,4 +474,29 @@ func (p *Publisher) Close() error {
 		c.Close()
 	}
 	return p.seg.Close()
+}
+
+// readWelcome reads the sidecar's answer to a hello: the welcome, or the
+// error it refused with.
+func readWelcome(conn *net.UnixConn, path string) (shm.Message, error) {
+	buf := make([]byte, shm.MaxMessageSize+1)
+	n, err := conn.Read(buf)
+	if err != nil {
+		return shm.Message{}, fmt.Errorf("%w: %s: no welcome: %v", ErrNoSidecar, path, err)
+	}
+	m, err := shm.DecodeMessage(buf[:n])
+	if err != nil {
+		return shm.Message{}, err
+	}
+	switch m.Op {
+	case shm.OpWelcome:
+	case shm.OpError:
+		return shm.Message{}, fmt.Errorf("%w: %s: %s", ErrRefused, m.Code, m.Message)
+	default:
+		return shm.Message{}, fmt.Errorf("%w: expected welcome, got %q", shm.ErrProtocol, m.Op)
+	}
+	if m.Version != shm.ProtocolVersion {
+		return shm.Message{}, fmt.Errorf("%w: sidecar speaks protocol %d, this client %d", ErrRefused, m.Version, shm.ProtocolVersion)
+	}
+	return m, nil
 }

@@ -461,27 +461,12 @@ func handshake(ctx context.Context, cfg *Config, hello *shm.Message) (*net.UnixC
 	if _, err := conn.Write(b); err != nil {
 		return fail(fmt.Errorf("%w: %s: %v", ErrNoSidecar, p, err))
 	}
-	buf := make([]byte, shm.MaxMessageSize+1)
-	n, err := conn.Read(buf)
+	m, err := readWelcome(conn, p)
 	if err != nil {
 		if ctx.Err() != nil {
 			return fail(ctx.Err())
 		}
-		return fail(fmt.Errorf("%w: %s: no welcome: %v", ErrNoSidecar, p, err))
-	}
-	m, err := shm.DecodeMessage(buf[:n])
-	if err != nil {
 		return fail(err)
-	}
-	switch m.Op {
-	case shm.OpWelcome:
-	case shm.OpError:
-		return fail(fmt.Errorf("%w: %s: %s", ErrRefused, m.Code, m.Message))
-	default:
-		return fail(fmt.Errorf("%w: expected welcome, got %q", shm.ErrProtocol, m.Op))
-	}
-	if m.Version != shm.ProtocolVersion {
-		return fail(fmt.Errorf("%w: sidecar speaks protocol %d, this client %d", ErrRefused, m.Version, shm.ProtocolVersion))
 	}
 	if !stop() {
 		return fail(ctx.Err())
