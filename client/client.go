@@ -5,13 +5,17 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"io/fs"
 	"log/slog"
 	"net"
 	"os"
+	"os/user"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"time"
 
 	"github.com/framebus/framebus/schema"
@@ -111,6 +115,7 @@ type Publisher struct {
 	}
 	conn      atomic.Pointer[net.UnixConn]
 	lost      atomic.Bool
+	detached  atomic.Bool // the sidecar's socket closed; not re-attached yet
 	published atomic.Uint64
 	dropped   atomic.Uint64
 	rejected  atomic.Uint64
@@ -162,6 +167,11 @@ func attach(ctx context.Context, cfg *Config, resume *shm.Resume) (*net.UnixConn
 	var d net.Dialer
 	c, err := d.DialContext(ctx, "unixpacket", path)
 	if err != nil {
+		// A re-attach retries instead: a restarting sidecar's new socket
+		// has the umask's mode for a moment, until it sets file_mode.
+		if r := socketRefusal(path, err); r != nil && resume == nil {
+			return nil, shm.Message{}, r
+		}
 		return nil, shm.Message{}, fmt.Errorf("%w: %s: %v (is `framebus run --name %s` running?)", ErrNoSidecar, path, err, cfg.Name)
 	}
 	conn := c.(*net.UnixConn)
@@ -221,8 +231,11 @@ func (p *Publisher) watch() {
 		default:
 		}
 		conn.Close()
+		p.detached.Store(true)
 		p.cmdConnChanged(false)
-		if !p.reattachLoop() {
+		ok := p.reattachLoop()
+		p.detached.Store(false)
+		if !ok {
 			p.cmdConnChanged(false) // wakes ServeCommands to see lost
 			return
 		}
@@ -262,8 +275,14 @@ func (p *Publisher) reattachLoop() bool {
 	}
 }
 
-// paused reports whether the sidecar asks producers to hold back.
+// paused reports whether the sidecar asks producers to hold back. While the
+// sidecar is gone its flags are stale (a PAUSE it raised stays up until the
+// next sidecar clears it): the ring's free space alone then decides, so
+// that publishing goes on into the ring as long as it has room.
 func (p *Publisher) paused() bool {
+	if p.detached.Load() {
+		return false
+	}
 	return p.seg.Flags()&shm.FlagPause != 0 || p.ring.Flags()&shm.FlagPause != 0
 }
 
@@ -373,11 +392,20 @@ func (p *Publisher) pushBack(ctx context.Context, n, frames int, reason shm.Drop
 	if err := ctx.Err(); err != nil {
 		return true, err
 	}
+	if p.lost.Load() {
+		// Detached while waiting (its ring is no longer drained): the
+		// space will never come.
+		return true, ErrLost
+	}
 	// Sleep until the sidecar releases space or lifts the pause (it wakes
 	// the space event for both); re-check at least every 50 ms.
 	wctx, cancel := context.WithTimeout(ctx, 50*time.Millisecond)
 	defer cancel()
 	if p.paused() {
+		// Ring the sidecar's doorbell: if another process forged the
+		// PAUSE, the sidecar puts it right now, not at its next timeout.
+		ev := p.ring.DataEvent()
+		ev.Signal()
 		p.ring.SpaceEvent().Wait(wctx, shm.DefaultSpin, func() bool { return !p.paused() })
 	} else {
 		p.prod.WaitSpace(wctx, n, shm.DefaultSpin)
@@ -474,6 +502,39 @@ func (p *Publisher) Close() error {
 		c.Close()
 	}
 	return p.seg.Close()
+}
+
+// socketRefusal turns a permission error from connecting to the sidecar's
+// socket into ErrRefused, saying whom the socket admits and what to
+// configure; nil for other errors. The socket's mode, group and ACL admit
+// exactly the users the sidecar accepts (its file_mode, group and
+// allow_uids), so the kernel refuses the others before the sidecar sees them.
+func socketRefusal(path string, err error) error {
+	if !errors.Is(err, fs.ErrPermission) {
+		return nil
+	}
+	uid := os.Getuid()
+	fi, serr := os.Stat(path)
+	st, ok := statT(fi, serr)
+	if !ok {
+		return fmt.Errorf("%w: uid %d cannot reach the socket %s: permission denied on a directory of its path: make the sidecar's run_dir searchable (chmod 0755)",
+			ErrRefused, uid, path)
+	}
+	group := fmt.Sprintf("gid %d", st.Gid)
+	if g, err := user.LookupGroupId(strconv.FormatUint(uint64(st.Gid), 10)); err == nil {
+		group = fmt.Sprintf("%s (gid %d)", g.Name, st.Gid)
+	}
+	return fmt.Errorf("%w: uid %d may not connect to its socket %s (mode %04o, owner uid %d, group %s), which admits the sidecar's user, its group and its allow_uids: "+
+		"add uid %d to the sidecar's allow_uids, or this user to group %s (the sidecar's group key), or run the driver as uid %d",
+		ErrRefused, uid, path, uint32(fi.Mode().Perm()), st.Uid, group, uid, group, st.Uid)
+}
+
+func statT(fi fs.FileInfo, err error) (*syscall.Stat_t, bool) {
+	if err != nil {
+		return nil, false
+	}
+	st, ok := fi.Sys().(*syscall.Stat_t)
+	return st, ok
 }
 
 // readWelcome reads the sidecar's answer to a hello: the welcome, or the

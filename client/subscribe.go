@@ -440,6 +440,9 @@ func handshake(ctx context.Context, cfg *Config, hello *shm.Message) (*net.UnixC
 		if ctx.Err() != nil {
 			return nil, shm.Message{}, ctx.Err()
 		}
+		if r := socketRefusal(p, err); r != nil {
+			return nil, shm.Message{}, r
+		}
 		return nil, shm.Message{}, fmt.Errorf("%w: %s: %v (is `framebus run --name %s` running?)", ErrNoSidecar, p, err, cfg.Name)
 	}
 	conn := c.(*net.UnixConn)

@@ -103,13 +103,20 @@ func (s *Segment) Info(slot int) (RingInfo, error) {
 	le := binary.LittleEndian
 	o := s.slotOff(slot)
 	d := s.mem[o : o+dirSlotSize]
+	state, flags := SlotState(u32At(s.mem, o+dsState).Load()), u64At(s.mem, o+dsFlags).Load()
+	if s.shadow != nil {
+		// The sidecar reads its own copy: what another process wrote
+		// into the directory does not count (shadow.go).
+		d = s.shadow.slot(slot)
+		state, flags = SlotState(le.Uint32(d[dsState:])), le.Uint64(d[dsFlags:])
+	}
 	name := d[dsName : dsName+dsNameLen]
 	if i := bytes.IndexByte(name, 0); i >= 0 {
 		name = name[:i]
 	}
 	return RingInfo{
 		Slot:       slot,
-		State:      SlotState(u32At(s.mem, o+dsState).Load()),
+		State:      state,
 		Kind:       RingKind(le.Uint32(d[dsKind:])),
 		Offset:     le.Uint64(d[dsOffset:]),
 		Capacity:   le.Uint64(d[dsCapacity:]),
@@ -121,7 +128,7 @@ func (s *Segment) Info(slot int) (RingInfo, error) {
 			Start: le.Uint64(d[dsOwnerTime:]),
 			Name:  string(name),
 		},
-		Flags: u64At(s.mem, o+dsFlags).Load(),
+		Flags: flags,
 	}, nil
 }
 
@@ -187,10 +194,11 @@ func (s *Segment) AllocRing(spec RingSpec) (int, error) {
 	}
 	clear(s.mem[at : at+need])
 
+	// The whole slot is built here and written at once, state last (and
+	// into the owner's shadow): nothing of an earlier use of the slot, nor
+	// what another process wrote into it, stays.
 	le := binary.LittleEndian
-	o := s.slotOff(slot)
-	d := s.mem[o : o+dirSlotSize]
-	u32At(s.mem, o+dsState).Store(uint32(SlotFree))
+	d := make([]byte, dirSlotSize)
 	le.PutUint32(d[dsKind:], uint32(spec.Kind))
 	le.PutUint64(d[dsOffset:], at)
 	le.PutUint64(d[dsCapacity:], c)
@@ -199,11 +207,9 @@ func (s *Segment) AllocRing(spec RingSpec) (int, error) {
 	le.PutUint32(d[dsOwnerUID:], spec.Owner.UID)
 	le.PutUint64(d[dsOwnerTime:], spec.Owner.Start)
 	le.PutUint32(d[dsNotify:], uint32(spec.Notify))
-	name := d[dsName : dsName+dsNameLen]
-	clear(name)
-	copy(name, spec.Owner.Name)
-	u64At(s.mem, o+dsFlags).Store(0)
-	u32At(s.mem, o+dsState).Store(uint32(SlotActive))
+	copy(d[dsName:dsName+dsNameLen], spec.Owner.Name)
+	le.PutUint32(d[dsState:], uint32(SlotActive))
+	s.writeSlot(slot, d)
 	return slot, nil
 }
 
@@ -213,7 +219,7 @@ func (s *Segment) SetSlotState(slot int, st SlotState) error {
 	if slot < 0 || slot >= s.slots {
 		return fmt.Errorf("%w: %d is outside 0..%d", ErrBadSlot, slot, s.slots-1)
 	}
-	u32At(s.mem, s.slotOff(slot)+dsState).Store(uint32(st))
+	s.updateSlotWord(slot, dsState, func(uint64) uint64 { return uint64(st) })
 	return nil
 }
 
@@ -221,10 +227,16 @@ func (s *Segment) SetSlotState(slot int, st SlotState) error {
 // allocated again.
 func (s *Segment) FreeRing(slot int) error { return s.SetSlotState(slot, SlotFree) }
 
-// RingFlags returns the per-ring flag word of a slot.
+// RingFlags returns the per-ring flag word of a slot: in the sidecar's
+// segment the one it set (its shadow), whatever another process wrote.
 func (s *Segment) RingFlags(slot int) uint64 {
 	if slot < 0 || slot >= s.slots {
 		return 0
+	}
+	if sh := s.shadow; sh != nil {
+		sh.mu.Lock()
+		defer sh.mu.Unlock()
+		return binary.LittleEndian.Uint64(sh.dir[slot*dirSlotSize+dsFlags:])
 	}
 	return u64At(s.mem, s.slotOff(slot)+dsFlags).Load()
 }
@@ -232,14 +244,14 @@ func (s *Segment) RingFlags(slot int) uint64 {
 // SetRingFlags sets bits in a slot's flag word (sidecar only).
 func (s *Segment) SetRingFlags(slot int, bits uint64) {
 	if slot >= 0 && slot < s.slots {
-		u64At(s.mem, s.slotOff(slot)+dsFlags).Or(bits)
+		s.updateSlotWord(slot, dsFlags, func(f uint64) uint64 { return f | bits })
 	}
 }
 
 // ClearRingFlags clears bits in a slot's flag word (sidecar only).
 func (s *Segment) ClearRingFlags(slot int, bits uint64) {
 	if slot >= 0 && slot < s.slots {
-		u64At(s.mem, s.slotOff(slot)+dsFlags).And(^bits)
+		s.updateSlotWord(slot, dsFlags, func(f uint64) uint64 { return f &^ bits })
 	}
 }
 

@@ -7,9 +7,11 @@
 // # Segment
 //
 // The segment file is Dir/framebus-<name> (default /dev/shm). The sidecar
-// creates it with Create (mode 0660, optional group), allocates every page up
-// front with fallocate (a page that tmpfs cannot supply later would kill the
-// writer with SIGBUS), fills in the header and stores the ready word last.
+// creates it with Create (mode 0660, optional group; SetAccess, which the
+// sidecar applies to the segment and its socket, also admits further uids by
+// a POSIX ACL), allocates every page up front with fallocate (a page that
+// tmpfs cannot supply later would kill the writer with SIGBUS), fills in the
+// header and stores the ready word last.
 // Drivers Open it; Open validates magic, layout version, checksum, sizes and
 // the ready word (ValidateHeader) and keeps its own copy of the geometry, so
 // nothing written into the header later changes how a process reads the file.
@@ -157,6 +159,16 @@
 // consumer has checked it, so a consumer that verifies a payload (the sidecar
 // verifies FlatBuffers) must copy it first. What one producer writes into its
 // own ring can only break its own records.
+//
+// The owner (the sidecar) never reads back the header and directory words
+// it alone writes: it keeps a shadow of them in its own memory (shadow.go),
+// answers Flags, Durable, RingFlags, Info, Rings and AllocRing from it, and
+// Repair puts the published words back when another process overwrote them.
+// An exclusive consumer's Head is the position it released itself, and
+// Stalled tells a single-producer ring whose committed header was
+// overwritten. What no check can prevent (a process writing another's ring,
+// or a head word a producer reads as its durable acknowledgement) is listed
+// in docs/security.md.
 //
 // # Concurrency
 //

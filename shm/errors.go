@@ -50,6 +50,9 @@ var (
 	ErrClosed = errors.New("shm: segment closed")
 	// ErrNoCounter means every counter slot is in use.
 	ErrNoCounter = errors.New("shm: no free counter slot")
+	// ErrNoACL means SetAccess was given uids to admit but the file system
+	// does not support POSIX ACLs: put those users in the file's group.
+	ErrNoACL = errors.New("shm: the file system does not support POSIX ACLs")
 )
 
 // Ring errors.

@@ -54,11 +54,20 @@ type child struct {
 	state error
 }
 
+// testExecEnv names the program that runs this test binary when the kernel
+// cannot (`make test-arm64` sets qemu-aarch64-static: under qemu-user
+// without a binfmt_misc registration an arm64 binary cannot exec itself);
+// startChild runs roles through it, as `go test -exec` runs the first one.
+const testExecEnv = "FRAMEBUS_TEST_EXEC"
+
 // startChild starts a role with the given environment (KEY=VALUE). The child
 // is killed and reaped when the test ends, whatever its outcome.
 func startChild(tb testing.TB, role string, env ...string) *child {
 	tb.Helper()
 	cmd := exec.Command(os.Args[0], "-test.run=^$")
+	if emu := os.Getenv(testExecEnv); emu != "" {
+		cmd = exec.Command(emu, os.Args[0], "-test.run=^$")
+	}
 	cmd.Env = append(os.Environ(), append([]string{roleEnv + "=" + role}, env...)...)
 	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
 	c := &child{cmd: cmd, errb: &strings.Builder{}, done: make(chan struct{})}

@@ -446,8 +446,16 @@ func (c *Consumer) ResetRead() {
 // Ring returns the consumer's ring.
 func (c *Consumer) Ring() *Ring { return c.r }
 
-// Head returns the released position.
-func (c *Consumer) Head() uint64 { return c.head.Load() }
+// Head returns the released position. An exclusive consumer returns the
+// one it stored itself: the shared word can be overwritten by any process
+// that maps the segment, and a consumer that believed it could never free
+// its ring (or free it too early). A shared consumer returns the ring's.
+func (c *Consumer) Head() uint64 {
+	if !c.multi {
+		return c.lhead
+	}
+	return c.head.Load()
+}
 
 // ReadPos returns the position of the next record this consumer reads, or,
 // for a shared consumer, the ring's shared read position.
@@ -471,6 +479,24 @@ func (c *Consumer) Seek(pos uint64) error {
 	}
 	c.lread = pos
 	return nil
+}
+
+// Stalled reports, for the exclusive consumer of a single-producer ring,
+// whether the producer's published tail is past the read position although
+// the record there is not committed. An SPSC producer publishes its tail
+// together with the header of its last record (Commit), so it never leaves
+// its ring like that: another process has overwritten a committed header
+// (or the tail), and the ring will not move again by itself. Always false
+// for shared consumers and MPMC rings, whose tail counts claims.
+func (c *Consumer) Stalled() bool {
+	if c.multi || c.r.kind.MultiProducer() {
+		return false
+	}
+	if c.tail.Load() <= c.lread {
+		return false
+	}
+	l, _, _ := splitHeader(u64At(c.r.data, int(c.lread&c.r.mask)).Load())
+	return l <= 0
 }
 
 // Ready reports whether a committed record waits at the read position.
@@ -504,7 +530,10 @@ func (c *Consumer) Poll(max int, fn func(Record)) (int, error) {
 		return c.pollMulti(max, fn)
 	}
 	start := c.lread
-	end, n, err := c.scan(start, max, fn)
+	// Nothing at or past head+capacity is this lap's: in a full ring the
+	// position after the tail holds the first record read but not yet
+	// released.
+	end, n, err := c.scanSpan(start, c.lhead+c.r.cap, max, fn)
 	c.lread = end
 	return n, err
 }
@@ -522,8 +551,8 @@ func (c *Consumer) pollMulti(max int, fn func(Record)) (int, error) {
 			return 0, c.r.corrupt(start, "read position %d is not within capacity ahead of head %d", start, h)
 		}
 		// Scan without delivering first: the records are ours only once
-		// the claim succeeds.
-		end, _, err := c.scan(start, max, nil)
+		// the claim succeeds. Never past head+capacity (see Poll).
+		end, _, err := c.scanSpan(start, h+c.r.cap, max, nil)
 		if c.rd.Load() != start {
 			// Another member claimed from start meanwhile; what we
 			// scanned may already be released and rewritten.
@@ -547,13 +576,9 @@ func (c *Consumer) pollMulti(max int, fn func(Record)) (int, error) {
 	}
 }
 
-// scan walks committed records from start, calling fn (if not nil) for up to
-// max non-padding records, and returns the position after the last record
-// walked.
-func (c *Consumer) scan(start uint64, max int, fn func(Record)) (uint64, int, error) {
-	return c.scanSpan(start, start+c.r.cap, max, fn)
-}
-
+// scanSpan walks committed records from start, calling fn (if not nil) for
+// up to max non-padding records, and returns the position after the last
+// record walked; no record may end past limit.
 func (c *Consumer) scanSpan(start, limit uint64, max int, fn func(Record)) (uint64, int, error) {
 	r := c.r
 	pos := start

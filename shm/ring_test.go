@@ -517,3 +517,57 @@ func TestRingAllocs(t *testing.T) {
 		}
 	}
 }
+
+// A consumer that reads ahead of what it releases (the sidecar, before its
+// WAL commits) must stop at head+capacity: in a ring filled to the last
+// byte, the position after the tail is the first record read but not
+// released, and reading it again delivered it twice and released past the
+// tail (the producer then saw a corrupt ring).
+func TestConsumerFullRingReadAhead(t *testing.T) {
+	for _, kind := range []RingKind{KindIngressSPSC, KindIngressMPMC} {
+		t.Run(kind.String(), func(t *testing.T) {
+			s := newSegment(t, 1<<20)
+			r := newRing(t, s, kind, 4096)
+			p := mustProducer(t, r, 1)
+			var c *Consumer
+			if kind == KindIngressMPMC {
+				var err error
+				if c, err = r.SharedConsumer(); err != nil {
+					t.Fatal(err)
+				}
+			} else {
+				c = mustConsumer(t, r)
+			}
+			// 64-byte records (56 payload + 8 header) fill 4096 exactly.
+			read := 0
+			for i := 0; ; i++ {
+				cl, err := p.Claim(7, 56)
+				if errors.Is(err, ErrFull) {
+					break
+				}
+				if err != nil {
+					t.Fatal(err)
+				}
+				binaryPut(cl.Buf, uint64(i))
+				p.Commit(cl)
+				n, err := c.Poll(0, func(Record) {})
+				if err != nil {
+					t.Fatal(err)
+				}
+				read += n
+			}
+			if read != 4096/64 {
+				t.Fatalf("read %d records from a full ring of %d, none released", read, 4096/64)
+			}
+			if err := c.Release(c.ReadPos()); err != nil {
+				t.Fatal(err)
+			}
+			if h := c.Head(); h != 4096 {
+				t.Fatalf("released up to %d, want 4096 (the tail)", h)
+			}
+			if _, err := p.Claim(7, 56); err != nil {
+				t.Fatalf("claim after release: %v", err)
+			}
+		})
+	}
+}

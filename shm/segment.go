@@ -145,6 +145,9 @@ type Segment struct {
 	slots   int
 	dataOff uint64
 	owner   bool // created or adopted: this process is the sidecar
+	// shadow is the owner's own copy of what only it writes (shadow.go);
+	// nil in a client.
+	shadow *shadow
 
 	mu struct {
 		sync.Mutex
@@ -209,6 +212,7 @@ func Create(cfg Config, epoch uint64) (*Segment, error) {
 	s.dataOff = HeaderSize + dirBytes(cfg.MaxRings)
 	s.writeStatic(epoch, time.Now().UnixNano())
 	u32At(s.mem, offReady).Store(readyValue)
+	s.shadow = newShadow(s)
 	return s, nil
 }
 
@@ -227,6 +231,7 @@ func Adopt(dir, name string, epoch uint64) (*Segment, error) {
 	created := int64(binary.LittleEndian.Uint64(s.mem[offCreatedNs:]))
 	s.writeStatic(epoch, created)
 	u32At(s.mem, offReady).Store(readyValue)
+	s.shadow = newShadow(s)
 	return s, nil
 }
 
@@ -399,22 +404,41 @@ func (s *Segment) Created() time.Time {
 	return time.Unix(0, int64(binary.LittleEndian.Uint64(s.mem[offCreatedNs:])))
 }
 
-// Flags returns the global flag word.
-func (s *Segment) Flags() uint64 { return u64At(s.mem, offFlags).Load() }
+// Flags returns the global flag word: in the sidecar's segment the one it
+// set (its shadow), whatever another process wrote.
+func (s *Segment) Flags() uint64 {
+	if s.shadow != nil {
+		return s.shadow.flags.Load()
+	}
+	return u64At(s.mem, offFlags).Load()
+}
 
 // SetFlags sets bits in the global flag word (sidecar only).
-func (s *Segment) SetFlags(bits uint64) { u64At(s.mem, offFlags).Or(bits) }
+func (s *Segment) SetFlags(bits uint64) { s.updateFlags(func(f uint64) uint64 { return f | bits }) }
 
 // ClearFlags clears bits in the global flag word (sidecar only).
-func (s *Segment) ClearFlags(bits uint64) { u64At(s.mem, offFlags).And(^bits) }
+func (s *Segment) ClearFlags(bits uint64) { s.updateFlags(func(f uint64) uint64 { return f &^ bits }) }
 
-// Durable returns the durable watermark: the highest WAL sequence committed.
-func (s *Segment) Durable() uint64 { return u64At(s.mem, offDurable).Load() }
+// Durable returns the durable watermark: the highest WAL sequence committed
+// (in the sidecar's segment, the one it published).
+func (s *Segment) Durable() uint64 {
+	if s.shadow != nil {
+		return s.shadow.durable.Load()
+	}
+	return u64At(s.mem, offDurable).Load()
+}
 
 // PublishDurable stores a new durable watermark and wakes its waiters
 // (sidecar only, after the WAL commit returned).
 func (s *Segment) PublishDurable(seq uint64) {
-	u64At(s.mem, offDurable).Store(seq)
+	if sh := s.shadow; sh != nil {
+		sh.mu.Lock()
+		sh.durable.Store(seq)
+		u64At(s.mem, offDurable).Store(seq)
+		sh.mu.Unlock()
+	} else {
+		u64At(s.mem, offDurable).Store(seq)
+	}
 	ev := s.DurableEvent()
 	ev.Signal()
 }

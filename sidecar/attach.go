@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"net"
 	"os"
+	"os/user"
 	"slices"
 	"strconv"
 	"strings"
@@ -126,7 +127,8 @@ func (s *Sidecar) serve(c *net.UnixConn) {
 	log = log.With("producer", p.name, "slot", p.slot)
 	if !s.reply(c, &shm.Message{Op: shm.OpWelcome, Version: shm.ProtocolVersion, Segment: s.seg.Path(), Slot: p.slot,
 		Generation: p.gen, ProducerID: p.id, Epoch: s.epoch, RingBytes: p.ring.Capacity()}) {
-		p.setState(stateOrphan)
+		// Unless the drain loop detached it meanwhile (retiring).
+		p.state.CompareAndSwap(int32(stateAttached), int32(stateOrphan))
 		p.conn.Store(nil)
 		return
 	}
@@ -179,9 +181,11 @@ func (s *Sidecar) serve(c *net.UnixConn) {
 	if p.getState() == stateAttached {
 		if shm.ProcessAlive(p.pid, p.start) {
 			// The socket went away but the process lives (it may still
-			// write): keep draining until it re-attaches or dies.
-			p.setState(stateOrphan)
-			log.Warn("driver closed its socket without bye; keeping its ring until it exits")
+			// write): keep draining until it re-attaches or dies. Not if
+			// the drain loop has detached it meanwhile (retiring).
+			if p.state.CompareAndSwap(int32(stateAttached), int32(stateOrphan)) {
+				log.Warn("driver closed its socket without bye; keeping its ring until it exits")
+			}
 		} else {
 			s.retire(p)
 			log.Info("driver exited")
@@ -201,16 +205,19 @@ func (s *Sidecar) reply(c *net.UnixConn, m *shm.Message) bool {
 }
 
 // notify sends a message to a driver without blocking the drain loop for
-// long; a driver that does not read its socket misses notices.
-func (s *Sidecar) notify(p *producer, m *shm.Message) {
+// long; a driver that does not read its socket misses notices. It reports
+// whether the message went out.
+func (s *Sidecar) notify(p *producer, m *shm.Message) bool {
 	if c := p.conn.Load(); c != nil {
 		b, err := shm.EncodeMessage(m)
 		if err != nil {
-			return
+			return false
 		}
 		c.SetWriteDeadline(time.Now().Add(10 * time.Millisecond))
-		c.Write(b)
+		_, err = c.Write(b)
+		return err == nil
 	}
+	return false
 }
 
 func peerCred(c *net.UnixConn) (*unix.Ucred, error) {
@@ -230,8 +237,10 @@ func peerCred(c *net.UnixConn) (*unix.Ucred, error) {
 }
 
 // authorize returns why a peer may not attach, or "" if it may: its uid is
-// the sidecar's, or on the allow list, or it is a member of the configured
-// group.
+// the sidecar's, or on the allow list, or it is a member of the group of the
+// segment and the socket (Group, else the sidecar's primary group). These
+// are the users the files' permissions admit (shm.SetAccess); checking again
+// here also stops processes that bypass file permissions (root).
 func (s *Sidecar) authorize(cred *unix.Ucred) string {
 	uid := int(cred.Uid)
 	if uid == s.uid || slices.Contains(s.cfg.AllowUIDs, uid) {
@@ -240,7 +249,17 @@ func (s *Sidecar) authorize(cred *unix.Ucred) string {
 	if s.gid >= 0 && (int(cred.Gid) == s.gid || slices.Contains(supplementaryGroups(int(cred.Pid)), s.gid)) {
 		return ""
 	}
-	return fmt.Sprintf("uid %d is not allowed to attach to bus %q: run the driver as uid %d, add the uid to allow_uids, or put it in the sidecar's group", uid, s.cfg.Name, s.uid)
+	return fmt.Sprintf("the sidecar of bus %q refused uid %d (pid %d): it admits its own uid %d, the uids in allow_uids %v and the members of group %s: "+
+		"add uid %d to allow_uids (framebus run --allow-uids) or the user to that group (framebus run --group), or run the driver as uid %d",
+		s.cfg.Name, uid, cred.Pid, s.uid, s.cfg.AllowUIDs, groupName(s.gid), uid, s.uid)
+}
+
+// groupName names a gid for messages: "gateway (gid 1002)", or the number.
+func groupName(gid int) string {
+	if g, err := user.LookupGroupId(strconv.Itoa(gid)); err == nil {
+		return fmt.Sprintf("%s (gid %d)", g.Name, gid)
+	}
+	return "gid " + strconv.Itoa(gid)
 }
 
 // supplementaryGroups reads the Groups line of /proc/<pid>/status.

@@ -473,8 +473,16 @@ func (s *Sidecar) serveRequester(c *net.UnixConn, buf []byte, log *slog.Logger) 
 			inflight.Add(1)
 			if _, err := s.router.submit(m.Frame, reply); err != nil {
 				inflight.Add(-1)
+				// A frame that is not a Command is a malformed message
+				// like any other: counted, and too many disconnect.
+				bad++
+				s.m.protocolErrors.Inc()
 				out.send(&shm.Message{Op: shm.OpError, Code: shm.CodeProtocol, Message: err.Error()})
-				log.Warn("bad command from requester", "err", err)
+				log.Warn("bad command from requester", "err", err, "count", bad)
+				if bad >= maxProtocolErrors {
+					out.send(&shm.Message{Op: shm.OpError, Code: shm.CodeProtocol, Message: "too many malformed messages: disconnected"})
+					break
+				}
 			}
 			continue
 		}

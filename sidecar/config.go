@@ -6,6 +6,7 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"io/fs"
 	"math"
 	"net"
 	"os"
@@ -99,6 +100,15 @@ type Config struct {
 	// policy: a WAL held above this size by unacked cursors raises PAUSE
 	// until the cursors ack or are deleted. Zero means 2 × wal_max_bytes.
 	CursorMaxBytes int64
+	// WALRecover (wal_recover) makes the sidecar check the whole WAL at
+	// start (every page and every segment's CRC: it reads the file once)
+	// and, if it is damaged, move the file aside (never deleting it) and
+	// rebuild the WAL from every intact segment before opening it
+	// (wal.Recover; docs/wal-recovery.md). Without it a WAL whose pages or
+	// last segment are damaged stops the start (exit status 3), and a
+	// damaged older segment is found when a subscriber, the uplink or
+	// `framebus wal verify` reads it. Zero means off.
+	WALRecover bool
 
 	// BackpressureThreshold (backpressure_threshold) is the fill of the WAL
 	// write queue at which the sidecar raises the global PAUSE flag; it
@@ -164,12 +174,20 @@ type Config struct {
 	MaxRingBytes int
 
 	// AllowUIDs (allow_uids) are the uids allowed to attach besides the
-	// sidecar's own uid and the members of Group. Zero means none.
+	// sidecar's own uid and the members of Group. The sidecar gives them the
+	// group's permissions on the segment and the socket with a POSIX ACL
+	// (shm.SetAccess), so they need not be in the group. Zero means none.
 	AllowUIDs []int
 	// Group (group) is a group name or numeric gid that owns the segment and
-	// the socket (mode 0660); its members may attach. Zero means the
-	// sidecar's primary group.
+	// the socket; its members may attach. Zero means the sidecar's primary
+	// group.
 	Group string
+	// FileMode (file_mode) is the permission bits of the segment and the
+	// socket, an octal string ("0660"). The owner (the sidecar) needs rw;
+	// the group's bits are what Group's members and AllowUIDs get (rw to
+	// attach, none to lock them out); others may get nothing: admit users
+	// through Group or AllowUIDs. Zero means 0660.
+	FileMode fs.FileMode
 
 	// LogLevel (log_level) is debug, info, warn or error. Zero means info.
 	LogLevel string
@@ -292,6 +310,7 @@ func (c *Config) ensureDefaults(getenv func(string) string, uid int) {
 	setIfZero(&c.UplinkPayload, p.UplinkPayload)
 	setIfZero(&c.WALCompression, p.WALCompression)
 	setIfZero(&c.CursorPolicy, p.CursorPolicy)
+	setIfZero(&c.FileMode, p.FileMode)
 	c.deriveSizes()
 	if len(c.AllowUIDs) == 0 {
 		c.AllowUIDs = nil
@@ -409,6 +428,10 @@ func (c Config) GroupID() (int, error) {
 	}
 	return n, nil
 }
+
+// DefaultFileMode is the permission bits of the segment and the socket when
+// file_mode is not set: owner and group read and write.
+const DefaultFileMode fs.FileMode = shm.DefaultMode
 
 // Limits that Validate enforces.
 const (
@@ -542,6 +565,16 @@ func (c *Config) Validate() error {
 			errs = append(errs, err)
 		}
 	}
+	switch m := c.FileMode; {
+	case m&^fs.ModePerm != 0:
+		add("file_mode (%04o) has bits beyond 0777: give permission bits only, e.g. \"0660\"", uint32(m))
+	case m&0o600 != 0o600:
+		add("file_mode (%04o) must give the owner (the sidecar) read and write: e.g. \"0660\"", uint32(m))
+	case m&0o007 != 0:
+		add("file_mode (%04o) gives every local user access (the last digit): make it 0: admit users with group or allow_uids, e.g. \"0660\"", uint32(m))
+	case m&0o060 != 0o060 && (c.Group != "" || len(c.AllowUIDs) > 0):
+		add("file_mode (%04o) does not give the group read and write, so the members of group and allow_uids could not attach: make it \"0660\", or leave out group and allow_uids", uint32(m))
+	}
 
 	if !slices.Contains([]string{"debug", "info", "warn", "error"}, c.LogLevel) {
 		add("log_level (%q) is unknown: choose debug, info, warn or error", c.LogLevel)
@@ -639,6 +672,7 @@ const (
 	kindFraction                // float64; "95%" accepted
 	kindBool                    // bool
 	kindUIDs                    // []int; "1000,1001" accepted
+	kindMode                    // fs.FileMode; an octal string, "0660" or "0o660"
 )
 
 type configKey struct {
@@ -718,6 +752,9 @@ var configKeys = []configKey{
 	{key: "cursor_max_bytes", group: groupWAL, arg: "BYTES", kind: kindBytes, def: "2 × wal_max_bytes",
 		help: "retain policy's hard cap: above it the sidecar raises PAUSE until cursors ack",
 		ptr:  func(c *Config) any { return &c.CursorMaxBytes }},
+	{key: "wal_recover", group: groupWAL, arg: "BOOL", kind: kindBool, def: "false",
+		help: "at start, check every WAL page and segment (reads the whole file) and, if damaged, move the file aside and rebuild the WAL from every intact segment (docs/wal-recovery.md); without it a damaged WAL stops the start, and damage in an older segment is found when it is read",
+		ptr:  func(c *Config) any { return &c.WALRecover }},
 
 	{key: "backpressure_threshold", group: groupBackp, arg: "FRACTION", kind: kindFraction,
 		help: `WAL write-queue fill that raises the global PAUSE (0.9 or "90%")`,
@@ -759,11 +796,14 @@ var configKeys = []configKey{
 		ptr:  func(c *Config) any { return &c.ShmBytes }},
 
 	{key: "allow_uids", group: groupAccess, arg: "UIDS", kind: kindUIDs, def: "none",
-		help: "uids allowed to attach besides the sidecar's own and group members (1000,1001)",
+		help: "uids allowed to attach besides the sidecar's own and group members; an ACL gives them the group's access to the segment and socket (1000,1001)",
 		ptr:  func(c *Config) any { return &c.AllowUIDs }},
 	{key: "group", group: groupAccess, arg: "GROUP", kind: kindString, def: "the sidecar's primary group",
-		help: "group name or gid owning the segment and socket (mode 0660); members may attach",
+		help: "group name or gid owning the segment and socket; members may attach",
 		ptr:  func(c *Config) any { return &c.Group }},
+	{key: "file_mode", group: groupAccess, arg: "MODE", kind: kindMode, def: `"0660"`,
+		help: `octal permission bits of the segment and socket: owner rw; the group's bits also go to allow_uids; none for others`,
+		ptr:  func(c *Config) any { return &c.FileMode }},
 
 	{key: "log_level", group: groupLogging, arg: "LEVEL", kind: kindEnum, def: `"info"`,
 		help: "debug, info, warn or error",
@@ -880,6 +920,12 @@ func (f *configKey) set(c *Config, v any) error {
 			return err
 		}
 		*p = l
+	case *fs.FileMode:
+		m, err := modeValue(v)
+		if err != nil {
+			return err
+		}
+		*p = m
 	default:
 		panic("sidecar: config field " + f.key + " has an unhandled type")
 	}
@@ -913,6 +959,8 @@ func (f *configKey) value(c *Config) any {
 			l[i] = int64(u)
 		}
 		return l
+	case *fs.FileMode:
+		return fmt.Sprintf("%04o", uint32(*p))
 	}
 	panic("sidecar: config field " + f.key + " has an unhandled type")
 }
@@ -1150,6 +1198,21 @@ func boolValue(v any) (bool, error) {
 		}
 	}
 	return false, fmt.Errorf("%s is not a boolean: write true or false", tomlText(v))
+}
+
+// modeValue parses file permission bits written in octal: "0660", "660"
+// or "0o660". A TOML integer is refused: file_mode = 660 would be decimal.
+func modeValue(v any) (fs.FileMode, error) {
+	s, ok := v.(string)
+	if !ok {
+		return 0, fmt.Errorf("%s is not a quoted octal mode: write e.g. \"0660\" (a bare TOML number would be decimal)", tomlText(v))
+	}
+	t := strings.TrimSpace(s)
+	n, err := strconv.ParseUint(strings.TrimPrefix(strings.TrimPrefix(t, "0o"), "0O"), 8, 32)
+	if err != nil || t == "" {
+		return 0, fmt.Errorf("%q is not an octal file mode: write e.g. \"0660\"", s)
+	}
+	return fs.FileMode(n), nil
 }
 
 func uidsValue(v any) ([]int, error) {
@@ -1517,6 +1580,8 @@ func keyIsZero(f *configKey, c *Config) bool {
 		return !*p
 	case *[]int:
 		return len(*p) == 0
+	case *fs.FileMode:
+		return *p == 0
 	}
 	return false
 }
@@ -1562,6 +1627,8 @@ FRAMEBUS_<KEY> (e.g. FRAMEBUS_WAL_FLUSH_MS) and a key of the TOML file given
 by --config (e.g. wal_flush_ms). Precedence: flag > environment > file >
 preset. Zero or empty means the default. Sizes: bytes or 16GiB (×2^30), 16GB
 (×10^9); MS: milliseconds or a duration (500us); FRACTION: 0.9 or 90%.
+Exit status: 0 after a clean stop, 2 for an invalid configuration, 3 when the
+WAL is damaged (see --wal-recover), 1 for any other failure.
 
 `)
 	const indent, width = 32, 100

@@ -66,7 +66,7 @@ func TestPresetValues(t *testing.T) {
 		Name: "default", ShmDir: "/dev/shm", MetricsAddr: "127.0.0.1:9464",
 		MaxBatchSize: 2000, BatchFlush: cfgMs(1), MaxMemoryBytes: 8 << 20,
 		MaxRings: 64, LogLevel: "info", LogFormat: "text", WALCompression: "s2",
-		HTTPAddr: "127.0.0.1:9465", CursorPolicy: "retain",
+		HTTPAddr: "127.0.0.1:9465", CursorPolicy: "retain", FileMode: 0o660,
 		UplinkStream: "FRAMEBUS", UplinkSubject: "framebus.{gateway}.{producer}.{device}", UplinkMaxInflight: 4096, UplinkPayload: "flatbuffers",
 	}
 	// header 8 KiB + 64 directory slots (16 KiB) + 8 × (ring + 4 KiB control page)
@@ -816,6 +816,8 @@ func cfgDocsType(f *configKey) string {
 		return "host:port or `off`"
 	case "GROUP":
 		return "group name or gid"
+	case "MODE":
+		return "octal mode (a string)"
 	}
 	return "string"
 }

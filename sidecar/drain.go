@@ -88,7 +88,7 @@ func (s *Sidecar) drainLoop() {
 			// that died without closing their socket). Every wake-up
 			// costs CPU in the runtime too, so idle means few of them.
 			ctx, cancel := context.WithTimeout(context.Background(), idleWake)
-			s.wake.Wait(ctx, d.spin, func() bool { return s.ringsVersion.Load() != ver || s.workPending(ps) })
+			s.wake.Wait(ctx, d.spin, func() bool { return s.ringsVersion.Load() != ver || s.workPending(ps) || s.seg.FlagsForged() })
 			cancel()
 		}
 	}
@@ -239,7 +239,7 @@ func (d *drainer) drainRing(p *producer) int {
 	if rejected > 0 {
 		p.rejected.Add(rejected)
 		s.m.rejected.Add(float64(rejected))
-		s.log.Warn("frames failed verification and were rejected", "producer", p.name, "slot", p.slot, "count", rejected, "last_reason", reason)
+		s.logRejected(p, rejected, reason)
 	}
 	end := p.cons.ReadPos()
 	if end == start {
@@ -287,8 +287,12 @@ func (d *drainer) drainRing(p *producer) int {
 // queueFull says that a batch did not fit the WAL's write queue in this
 // pass: the queue counts as full whatever its fill (one batch can be most of
 // it), so PAUSE stays up until the queue has really drained.
+// pauseLogEvery bounds how often the WAL queue's PAUSE is logged.
+const pauseLogEvery = 10 * time.Second
+
 func (s *Sidecar) housekeeping(ps []*producer, queueFull bool) {
 	c := s.cfg
+	s.repairSegment(ps)
 	// Global PAUSE on the WAL's write queue (it grows while commits fail
 	// or the disk falls behind): its fill is the larger of its byte and
 	// frame fills.
@@ -312,18 +316,27 @@ func (s *Sidecar) housekeeping(ps []*producer, queueFull bool) {
 	s.heldPause = held
 	if fill >= c.BackpressureThreshold || held {
 		if s.seg.Flags()&shm.FlagPause == 0 && !held {
-			s.log.Warn("WAL write queue above the backpressure threshold: pausing producers", "pending_bytes", pend, "pending_frames", frames)
+			s.pauseLog.pauses++
+			if time.Since(s.pauseLog.at) >= pauseLogEvery {
+				s.log.Warn("WAL write queue above the backpressure threshold: pausing producers (the disk does not keep up; logged at most every 10 s)",
+					"pending_bytes", pend, "pending_frames", frames, "pauses_since_last_line", s.pauseLog.pauses, "resumes_since_last_line", s.pauseLog.resumes)
+				s.pauseLog.at, s.pauseLog.pauses, s.pauseLog.resumes = time.Now(), 0, 0
+			}
 		}
 		s.seg.SetFlags(shm.FlagPause)
 	} else if s.seg.Flags()&shm.FlagPause != 0 && fill < c.ResumeLo {
 		s.seg.ClearFlags(shm.FlagPause)
-		s.log.Info("WAL queue drained: producers resume")
+		if s.pauseLog.resumes++; s.pauseLog.pauses == 0 && s.pauseLog.resumes == 1 {
+			// The resume right after a logged pause.
+			s.log.Info("WAL queue drained: producers resume")
+		}
 		for _, p := range ps {
 			ev := p.ring.SpaceEvent()
 			ev.Wake()
 		}
 	}
 	for _, p := range ps {
+		s.checkStalled(p, time.Now())
 		// Per-ring PAUSE with hysteresis.
 		fill := float64(p.ring.Used()) / float64(p.ring.Capacity())
 		if !p.paused && fill >= c.PauseHi {
@@ -335,8 +348,10 @@ func (s *Sidecar) housekeeping(ps []*producer, queueFull bool) {
 			ev := p.ring.SpaceEvent()
 			ev.Wake()
 		}
-		if r := p.rejected.Load(); r > p.notified {
-			s.notify(p, &shm.Message{Op: shm.OpRejected, Count: r - p.notified, Message: "frames failed schema verification"})
+		// A notice that does not go out (the driver does not read its
+		// socket) is not lost: the next one carries its count too.
+		if r := p.rejected.Load(); r > p.notified &&
+			s.notify(p, &shm.Message{Op: shm.OpRejected, Count: r - p.notified, Message: "frames failed schema verification"}) {
 			p.notified = r
 		}
 		switch p.getState() {
@@ -369,13 +384,15 @@ func (s *Sidecar) freeProducer(p *producer) {
 // committed before the bad record is kept; the ring is freed.
 func (s *Sidecar) detach(p *producer, why string) {
 	s.log.Error("detaching driver: its ring is corrupt", "producer", p.name, "slot", p.slot, "pid", p.pid, "reason", why)
+	// Nothing from the bad record on is read; the ring is freed once what
+	// came before it is committed. Retiring before the driver is told and
+	// its socket closes: its serve goroutine then does not take it for a
+	// driver that closed its socket, and keep the ring until it exits.
+	p.corrupt = true
+	p.setState(stateRetiring)
 	s.notify(p, &shm.Message{Op: shm.OpError, Code: shm.CodeCorrupted, Message: why})
 	if c := p.conn.Load(); c != nil {
 		c.Close()
 	}
-	// Nothing from the bad record on is read; the ring is freed once what
-	// came before it is committed.
-	p.corrupt = true
-	p.setState(stateRetiring)
 	s.m.corrupt.Inc()
 }

@@ -29,6 +29,7 @@ type metrics struct {
 	rejected       prometheus.Counter
 	corrupt        prometheus.Counter
 	protocolErrors prometheus.Counter
+	repairs        prometheus.Counter
 	attaches       prometheus.Counter
 	detaches       prometheus.Counter
 	walErrors      prometheus.Counter
@@ -56,6 +57,7 @@ func newMetrics(s *Sidecar) *metrics {
 	m.rejected = f("framebus_frames_rejected_total", "Frames that failed schema verification and were not written.")
 	m.corrupt = f("framebus_rings_corrupt_total", "Rings whose producer broke the record protocol and was detached.")
 	m.protocolErrors = f("framebus_protocol_errors_total", "Malformed or unexpected control messages on the attach socket.")
+	m.repairs = f("framebus_segment_repairs_total", "Header and ring directory words of the segment that another process overwrote and the sidecar restored.")
 	m.attaches = f("framebus_attaches_total", "Driver attachments, including re-attachments after a restart.")
 	m.detaches = f("framebus_detaches_total", "Rings freed after their driver left and they were drained.")
 	m.walErrors = f("framebus_wal_commit_errors_total", "WAL commits that failed (each is retried; frames stay queued).")
@@ -167,12 +169,19 @@ var (
 	descUpDuplicates = prometheus.NewDesc("framebus_uplink_duplicates_total", "Resent frames JetStream's duplicate window dropped.", nil, nil)
 	descUpErrors     = prometheus.NewDesc("framebus_uplink_errors_total", "Uplink errors: failed publishes and rounds, connection errors.", nil, nil)
 	descCursorLost   = prometheus.NewDesc("framebus_cursor_lost_total", "Frames retention deleted before a durable cursor acked them (cursor_policy drop).", []string{"cursor"}, nil)
+	// The WAL against its caps, for dashboards and alerts (deploy/).
+	descWALFootprint = prometheus.NewDesc("framebus_wal_footprint_bytes", "Space the WAL's stored segments take in its file's pages: what retention keeps under wal_max_bytes.", nil, nil)
+	descWALMax       = prometheus.NewDesc("framebus_wal_max_bytes", "The WAL's size cap (wal_max_bytes): retention deletes the oldest segments to keep framebus_wal_footprint_bytes under it.", nil, nil)
+	descWALCursorMax = prometheus.NewDesc("framebus_wal_cursor_max_bytes", "With cursor_policy retain: the WAL footprint (cursor_max_bytes) at which unacked durable cursors make the sidecar raise PAUSE. Absent with cursor_policy drop.", nil, nil)
+	descRetHeld      = prometheus.NewDesc("framebus_wal_retention_held", "1 while unacked durable cursors hold back retention (cursor_policy retain): the WAL grows past wal_max_bytes.", nil, nil)
+	descRetDeleted   = prometheus.NewDesc("framebus_wal_retention_deleted_frames_total", "Frames retention deleted from the WAL (wal_max_bytes, wal_max_age) since the sidecar started.", nil, nil)
 )
 
 func (c stateCollector) Describe(ch chan<- *prometheus.Desc) {
 	for _, d := range []*prometheus.Desc{descRingUsed, descRingCap, descPublished, descDropped, descProdRejected, descProducers, descPaused,
 		descRingPaused, descDegraded, descBacklog, descBacklogBytes, descDurable, descLagFrames, descLagSeconds, descWALBytes,
 		descSubLag, descSubLagSec, descSubDelivered, descSubLost, descCursorLost,
+		descWALFootprint, descWALMax, descWALCursorMax, descRetHeld, descRetDeleted,
 		descUpConnected, descUpLag, descUpLagSec, descUpPublished, descUpAcked, descUpDuplicates, descUpErrors} {
 		ch <- d
 	}
@@ -214,7 +223,15 @@ func (c stateCollector) Collect(ch chan<- prometheus.Metric) {
 	}
 	ch <- prometheus.MustNewConstMetric(descLagFrames, prometheus.GaugeValue, float64(last-min(durable, last)))
 	ch <- prometheus.MustNewConstMetric(descLagSeconds, prometheus.GaugeValue, lagSeconds)
-	ch <- prometheus.MustNewConstMetric(descWALBytes, prometheus.GaugeValue, float64(s.wal.Stats().StoredBytes))
+	st := s.wal.Stats()
+	ch <- prometheus.MustNewConstMetric(descWALBytes, prometheus.GaugeValue, float64(st.StoredBytes))
+	ch <- prometheus.MustNewConstMetric(descWALFootprint, prometheus.GaugeValue, float64(st.FootprintBytes))
+	ch <- prometheus.MustNewConstMetric(descWALMax, prometheus.GaugeValue, float64(s.cfg.WALMaxBytes))
+	if s.cfg.CursorPolicy == "retain" {
+		ch <- prometheus.MustNewConstMetric(descWALCursorMax, prometheus.GaugeValue, float64(s.cfg.CursorMaxBytes))
+	}
+	ch <- prometheus.MustNewConstMetric(descRetHeld, prometheus.GaugeValue, b2f(st.RetentionHeld))
+	ch <- prometheus.MustNewConstMetric(descRetDeleted, prometheus.CounterValue, float64(st.RetainedFrames))
 	top := durable
 	for _, sub := range s.subs.list() {
 		if sub.live {

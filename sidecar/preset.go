@@ -96,6 +96,7 @@ func presetBase(name string) (c Config, ok bool) {
 		ShmDir:         shm.DefaultDir,
 		MetricsAddr:    DefaultMetricsAddr,
 		HTTPAddr:       DefaultHTTPAddr,
+		FileMode:       DefaultFileMode,
 		MaxBatchSize:   2000,
 		BatchFlush:     Duration{time.Millisecond},
 		MaxMemoryBytes: 8 << 20,

@@ -33,7 +33,7 @@ type Sidecar struct {
 	lock  *os.File
 	epoch uint64
 	uid   int
-	gid   int // the configured group, -1 if none
+	gid   int // the group of the segment and the socket: Group, else the primary group
 
 	m *metrics
 
@@ -56,12 +56,25 @@ type Sidecar struct {
 	// heldPause: PAUSE is up because cursors hold the WAL above
 	// cursor_max_bytes (drain goroutine).
 	heldPause bool
-	api       *httpAPI
-	uplink    *uplink // nil when uplink.nats.servers is empty
-	lostMu    sync.Mutex
-	lostLog   map[string]*lostLog // onCursorLost's rate limit
-	apiAddr   string              // the HTTP API's listening address, "" if off
-	wake      shm.Event           // the segment's doorbell: the drain loop sleeps on it
+	// pauseLog rate-limits the log lines of the WAL queue's PAUSE and
+	// resume, which toggle many times a second at saturation (drain
+	// goroutine).
+	pauseLog struct {
+		at              time.Time
+		pauses, resumes int
+	}
+	// repairLog rate-limits the log line of repairSegment (drain
+	// goroutine).
+	repairLog struct {
+		at    time.Time
+		words int
+	}
+	api     *httpAPI
+	uplink  *uplink // nil when uplink.nats.servers is empty
+	lostMu  sync.Mutex
+	lostLog map[string]*lostLog // onCursorLost's rate limit
+	apiAddr string              // the HTTP API's listening address, "" if off
+	wake    shm.Event           // the segment's doorbell: the drain loop sleeps on it
 	// ringsVersion changes whenever a ring is added: the drain loop,
 	// asleep with its list of rings, must take a new one.
 	ringsVersion atomic.Uint64
@@ -104,6 +117,13 @@ type producer struct {
 	notified  uint64        // rejections already reported to the driver (drain goroutine)
 	paused    bool          // per-ring PAUSE raised (drain goroutine)
 	corrupt   bool          // the ring broke the protocol: detached (drain goroutine)
+	// rejectLog rate-limits the log line of rejected frames (drain
+	// goroutine, logRejected).
+	rejectLog struct {
+		at     time.Time
+		frames uint64
+	}
+	stalledSince time.Time // since when its ring is Stalled (drain goroutine, checkStalled)
 }
 
 func (p *producer) getState() producerState  { return producerState(p.state.Load()) }
@@ -150,24 +170,9 @@ func newSidecar(cfg Config, log *slog.Logger, hooks *wal.Hooks) (*Sidecar, error
 		return nil, fmt.Errorf("sidecar: create WAL directory %s: %w (set --wal-dir)", walDir, err)
 	}
 	s.m = newMetrics(s)
-	w, err := wal.Open(wal.Options{
-		Dir:           walDir,
-		FlushInterval: cfg.WALFlush.Duration,
-		MaxBytes:      cfg.WALMaxBytes,
-		MaxAge:        cfg.WALMaxAge.Duration,
-		// Commit early at a quarter of the memory bound, so that the
-		// byte trigger fires well before the queue is full.
-		MaxBatchBytes:  int(max(cfg.MaxMemoryBytes/4, 64<<10)),
-		MaxMemoryBytes: cfg.MaxMemoryBytes,
-		Compress:       cfg.WALCompression == "s2",
-		CursorPolicy:   cfg.CursorPolicy,
-		OnCursorLost:   s.onCursorLost,
-		OnCommit:       s.onCommit,
-		OnError:        s.onWALError,
-		Hooks:          hooks,
-	})
+	w, err := s.openWAL(walDir, hooks) // walopen.go: damage, wal_recover
 	if err != nil {
-		return nil, fmt.Errorf("sidecar: open WAL in %s: %w", walDir, err)
+		return nil, err
 	}
 	s.wal = w
 	if err := s.openSegment(); err != nil {
@@ -192,22 +197,63 @@ func newSidecar(cfg Config, log *slog.Logger, hooks *wal.Hooks) (*Sidecar, error
 		s.ln.Close()
 		return nil, fmt.Errorf("sidecar: HTTP API listener on %s: %w (set --http-addr, or \"off\")", cfg.HTTPAddr, err)
 	}
+	s.warnExposed("metrics_addr", cfg.MetricsAddr, "/metrics")
+	s.warnExposed("http_addr", cfg.HTTPAddr, "the HTTP API (frames, status, commands to devices)")
 	ok = true
+	// The rings resumed from the segment, counted before the drain loop
+	// starts: it frees those of drivers that are gone.
+	s.mu.Lock()
+	resumed := len(s.mu.producers)
+	s.mu.Unlock()
 	go s.drainLoop()
 	go s.acceptLoop()
 	s.startUplink()
 	s.log.Info("framebus sidecar running", "name", cfg.Name, "preset", cfg.Preset, "segment", s.seg.Path(),
-		"socket", cfg.SocketPath(), "wal", walDir, "epoch", s.epoch, "rings", len(s.mu.producers), "http", s.apiAddr)
+		"socket", cfg.SocketPath(), "wal", walDir, "epoch", s.epoch, "rings", resumed, "http", s.apiAddr, "metrics", cfg.MetricsAddr)
 	return s, nil
 }
 
+// resolveGroup sets the group that owns the segment and the socket and
+// whose members may attach: Group, else the sidecar's primary group (as
+// Config.Group documents; the files get that group either way, so its
+// members pass the file permissions and must pass authorize too).
 func (s *Sidecar) resolveGroup() error {
 	gid, err := s.cfg.GroupID()
 	if err != nil {
 		return err
 	}
+	if gid < 0 {
+		gid = os.Getgid()
+	}
 	s.gid = gid
 	return nil
+}
+
+// setAccess gives the segment or the socket the configured mode, group and
+// allowed uids (shm.SetAccess).
+func (s *Sidecar) setAccess(path string) error {
+	if err := shm.SetAccess(path, s.cfg.FileMode, s.gid, s.cfg.AllowUIDs); err != nil {
+		return fmt.Errorf("sidecar: access to %s (file_mode %04o, group %d, allow_uids %v): %w", path, uint32(s.cfg.FileMode), s.gid, s.cfg.AllowUIDs, err)
+	}
+	return nil
+}
+
+// warnExposed logs a warning when an HTTP listener was configured on an
+// address that is not loopback: the defaults are 127.0.0.1, and the HTTP API
+// can send commands to devices, without authentication.
+func (s *Sidecar) warnExposed(key, addr, what string) {
+	if addr == "" || addr == MetricsOff {
+		return
+	}
+	host, _, err := net.SplitHostPort(addr)
+	if err != nil {
+		return // Validate refused it already
+	}
+	if ip := net.ParseIP(host); host == "localhost" || ip != nil && ip.IsLoopback() {
+		return
+	}
+	s.log.Warn(key+" is not a loopback address: "+what+" can be reached from the network without authentication; "+
+		"bind it to 127.0.0.1 and put an authenticating proxy in front, or firewall it", key, addr)
 }
 
 // takeLock holds an exclusive flock on <run_dir>/<name>.lock for the life of
@@ -247,7 +293,7 @@ func (s *Sidecar) openSegment() error {
 		}
 		s.log.Info("adopted the segment of a previous sidecar", "segment", seg.Path(), "epoch", epoch)
 	case errors.Is(err, fs.ErrNotExist):
-		seg, err = shm.Create(shm.Config{Name: c.Name, Dir: c.ShmDir, Size: c.ShmBytes, MaxRings: c.MaxRings, Gid: max(s.gid, 0)}, 1)
+		seg, err = shm.Create(shm.Config{Name: c.Name, Dir: c.ShmDir, Size: c.ShmBytes, MaxRings: c.MaxRings, Mode: c.FileMode, Gid: max(s.gid, 0)}, 1)
 		if err != nil {
 			return fmt.Errorf("sidecar: %w", err)
 		}
@@ -261,6 +307,11 @@ func (s *Sidecar) openSegment() error {
 	}
 	s.seg = seg
 	s.epoch = seg.Epoch()
+	// Created or adopted: either way the file gets this start's mode,
+	// group and allowed uids (an adopted one may have older ones).
+	if err := s.setAccess(seg.Path()); err != nil {
+		return err
+	}
 	seg.ClearFlags(shm.FlagShuttingDown | shm.FlagPause | shm.FlagDegraded)
 	return nil
 }
@@ -342,15 +393,11 @@ func (s *Sidecar) listen() error {
 		return fmt.Errorf("sidecar: listen on %s: %w", path, err)
 	}
 	ln.SetUnlinkOnClose(true)
-	if err := os.Chmod(path, 0o660); err != nil {
+	// Until this, the socket has the umask's mode; authorize stops anyone
+	// who connects in that window.
+	if err := s.setAccess(path); err != nil {
 		ln.Close()
-		return fmt.Errorf("sidecar: chmod %s: %w", path, err)
-	}
-	if s.gid >= 0 {
-		if err := os.Chown(path, -1, s.gid); err != nil {
-			ln.Close()
-			return fmt.Errorf("sidecar: chown %s to group %d: %w", path, s.gid, err)
-		}
+		return err
 	}
 	s.ln = ln
 	return nil

@@ -60,11 +60,20 @@ type subscriber struct {
 	ctx    context.Context // done when the subscription ends
 	cancel context.CancelFunc
 
-	next      atomic.Uint64 // next sequence number to consider
-	delivered atomic.Uint64
-	lost      atomic.Uint64
-	caughtUp  atomic.Int64 // Unix ns when the feeder last reached the durable watermark
-	need      int          // bytes the frame that did not fit needs (feeder)
+	next atomic.Uint64 // next sequence number to consider
+	// acked is the last sequence number the cursor holds (start, or the
+	// subscriber's last ack); lastPut, owned by the feeder, the last one
+	// it delivered. While acked ≥ lastPut every delivered frame is acked,
+	// and the feeder moves the cursor over the frames its filter skipped
+	// (see advanceCursor): a filter that rarely matches does not hold
+	// retention.
+	acked       atomic.Uint64
+	lastPut     uint64
+	lastAdvance time.Time // feeder-owned: when advanceCursor last moved the cursor
+	delivered   atomic.Uint64
+	lost        atomic.Uint64
+	caughtUp    atomic.Int64 // Unix ns when the feeder last reached the durable watermark
+	need        int          // bytes the frame that did not fit needs (feeder)
 }
 
 func (sub *subscriber) end() { sub.cancel() }
@@ -290,6 +299,7 @@ func (s *Sidecar) allocSubscriber(cred *unix.Ucred, hello *shm.Message, c *net.U
 		sub.label = "cursor:" + hello.Cursor
 	}
 	sub.next.Store(next)
+	sub.acked.Store(next - 1)
 	sub.caughtUp.Store(time.Now().UnixNano())
 	return sub, "", nil
 }
@@ -341,6 +351,9 @@ func (s *Sidecar) serveSubscriber(sub *subscriber, c *net.UnixConn, buf []byte) 
 			if err := s.wal.SetCursor(sub.cursor, m.Seq); err != nil {
 				log.Warn("cursor ack refused", "seq", m.Seq, "err", err)
 				s.reply(c, &shm.Message{Op: shm.OpError, Code: shm.CodeCursor, Message: err.Error()})
+				continue
+			}
+			for a := sub.acked.Load(); m.Seq > a && !sub.acked.CompareAndSwap(a, m.Seq); a = sub.acked.Load() {
 			}
 			continue
 		}
@@ -408,6 +421,7 @@ func (s *Sidecar) feed(sub *subscriber, log interface{ Warn(string, ...any) }) {
 				return
 			}
 			sub.caughtUp.Store(time.Now().UnixNano())
+			s.advanceCursor(sub, log)
 			select {
 			case <-commit:
 			case <-sub.ctx.Done():
@@ -435,6 +449,7 @@ func (s *Sidecar) feed(sub *subscriber, log interface{ Warn(string, ...any) }) {
 				if !sub.sink.put(seq, f) {
 					return errEgressFull
 				}
+				sub.lastPut = seq
 			}
 			next = seq + 1
 			sub.next.Store(next)
@@ -463,6 +478,33 @@ func (s *Sidecar) feed(sub *subscriber, log interface{ Warn(string, ...any) }) {
 }
 
 var errStopIter = errors.New("stop")
+
+// cursorAdvanceEvery bounds how often a feeder moves a cursor over the
+// frames its filter skipped (each move is a WAL change to commit).
+const cursorAdvanceEvery = 100 * time.Millisecond
+
+// advanceCursor moves a durable cursor whose subscriber has acked every
+// frame delivered to it up to the feeder's position: the frames between
+// are ones the filter skipped, which the subscriber would never receive
+// nor ack, and which would otherwise hold retention (and, under the retain
+// policy, pause ingest at cursor_max_bytes) for a subscriber that has
+// done all it can. Feeder goroutine.
+func (s *Sidecar) advanceCursor(sub *subscriber, log interface{ Warn(string, ...any) }) {
+	if sub.cursor == "" {
+		return
+	}
+	acked, pos := sub.acked.Load(), sub.next.Load()-1
+	if acked < sub.lastPut || pos <= acked || time.Since(sub.lastAdvance) < cursorAdvanceEvery {
+		return
+	}
+	if err := s.wal.SetCursor(sub.cursor, pos); err != nil {
+		log.Warn("moving the cursor over filtered-out frames failed", "seq", pos, "err", err)
+		return
+	}
+	sub.lastAdvance = time.Now()
+	for a := sub.acked.Load(); pos > a && !sub.acked.CompareAndSwap(a, pos); a = sub.acked.Load() {
+	}
+}
 
 // sink is where a feeder puts the frames of a subscription.
 type sink interface {

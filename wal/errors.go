@@ -27,11 +27,13 @@ var (
 	// Close returns it if the final commit fails.
 	ErrCommit = errors.New("wal: commit failed")
 
-	// ErrCorrupt means stored data failed a check: a segment's magic,
-	// version, CRC32C or frame lengths, the sequence continuity between
-	// segments, or a malformed position. With bbolt's atomic commits it
-	// means the disk or something outside framebus damaged the file: run
-	// `framebus wal verify`, then move the file away to start a new WAL.
+	// ErrCorrupt means stored data failed a check: a bbolt meta page, the
+	// file's length, a page of the B+tree, a segment's magic, version,
+	// CRC32C or frame lengths, the sequence continuity between segments,
+	// or a malformed position. With bbolt's atomic commits it means the
+	// disk or something outside framebus damaged the file: run `framebus
+	// wal verify`, then Recover (`framebus run --wal-recover`) to keep
+	// every intact segment and move the damaged file aside.
 	ErrCorrupt = errors.New("wal: corrupt")
 
 	// ErrVersion means the file was written with a WAL format version this

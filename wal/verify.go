@@ -28,6 +28,9 @@ type Report struct {
 	LastSeq     uint64
 	Positions   int
 	Cursors     int // durable cursors (see WAL.SetCursor)
+	// Lost counts the frames a recovery dropped (Recover records their
+	// ranges in the file): a sequence gap they cover is not a problem.
+	Lost uint64
 	// Problems lists every inconsistency found, at most 100 and then a
 	// line with the count of the others; empty if the WAL is sound.
 	Problems []string
@@ -56,6 +59,12 @@ func (r *Report) problem(format string, args ...any) {
 func Verify(dir string) (Report, error) {
 	var r Report
 	db, err := openReadOnly(dir)
+	var de *damageError
+	if errors.As(err, &de) {
+		// bbolt cannot read the file safely: report it as the recovery
+		// reads it.
+		return verifyDamaged(dir)
+	}
 	if err != nil {
 		return r, err
 	}
@@ -74,6 +83,19 @@ func Verify(dir string) (Report, error) {
 		}
 		if err := checkFormat(tx.Bucket(bucketMeta)); err != nil {
 			r.problem("%v", err)
+		}
+		var lost []seqRange
+		if mb := tx.Bucket(bucketMeta); mb != nil {
+			if v := mb.Get(metaLost); v != nil {
+				rs, ok := parseLost(v)
+				if !ok {
+					r.problem("meta %q: malformed (%d bytes)", metaLost, len(v))
+				}
+				lost = rs
+				for _, x := range rs {
+					r.Lost += x.last - x.first + 1
+				}
+			}
 		}
 		if pb := tx.Bucket(bucketPositions); pb == nil {
 			r.problem("no positions bucket")
@@ -126,7 +148,7 @@ func Verify(dir string) (Report, error) {
 			switch {
 			case key == 0:
 				r.problem("segment 0: sequence numbers start at 1")
-			case next != 0 && key > next:
+			case next != 0 && key > next && !covered(lost, next, key-1):
 				r.problem("segment %d: sequence gap, frames %d to %d are missing", key, next, key-1)
 			case next != 0 && key < next:
 				r.problem("segment %d: overlaps the previous segment, which ends at %d", key, next-1)
@@ -152,6 +174,46 @@ func Verify(dir string) (Report, error) {
 		return r, fmt.Errorf("%w: %s: %d problems, first: %s", ErrCorrupt, filepath.Join(dir, FileName), n, r.Problems[0])
 	}
 	return r, nil
+}
+
+// verifyDamaged is Verify for a file whose structure bbolt cannot read
+// safely: it reads the file as Recover does (scanWAL), reporting every
+// problem and counting what is still intact.
+func verifyDamaged(dir string) (Report, error) {
+	var r Report
+	path := filepath.Join(dir, FileName)
+	f, err := os.Open(path)
+	if err != nil {
+		return r, fmt.Errorf("wal: %w", err)
+	}
+	defer f.Close()
+	if err := lockFile(f, false, DefaultLockTimeout); err != nil {
+		return r, err
+	}
+	sc, err := scanWAL(f)
+	if err != nil {
+		return r, err
+	}
+	sc.bf.close()
+	r.Problems = sc.d.lines()
+	for _, s := range sc.segs {
+		if r.FirstSeq == 0 {
+			r.FirstSeq = s.key
+		}
+		r.Segments++
+		r.Frames += uint64(s.count)
+		r.StoredBytes += int64(s.vlen)
+		r.LastSeq = s.end()
+	}
+	r.Bytes = sc.dataBytes
+	r.Positions, r.Cursors = len(sc.positions), len(sc.cursors)
+	for _, x := range sc.lost {
+		r.Lost += x.last - x.first + 1
+	}
+	if len(r.Problems) == 0 { // cannot happen: the structural check failed
+		r.Problems = []string{"the file's structure is damaged"}
+	}
+	return r, fmt.Errorf("%w: %s: %d problems, first: %s", ErrCorrupt, path, sc.d.count(), r.Problems[0])
 }
 
 // FileStats summarises a WAL's content; see ReadStats. The JSON form is
@@ -266,9 +328,12 @@ func openReadOnly(dir string) (*bolt.DB, error) {
 		}
 		return nil, fmt.Errorf("wal: %w", err)
 	}
-	db, err := bolt.Open(path, 0, &bolt.Options{ReadOnly: true, Timeout: DefaultLockTimeout})
+	db, err := bolt.Open(path, 0, &bolt.Options{ReadOnly: true, Timeout: DefaultLockTimeout,
+		OpenFile: func(name string, flag int, perm os.FileMode) (*os.File, error) {
+			return openChecked(name, flag, perm, false, DefaultLockTimeout, nil)
+		}})
 	if err != nil {
-		if errors.Is(err, berrors.ErrTimeout) {
+		if errors.Is(err, berrors.ErrTimeout) || errors.Is(err, ErrLocked) {
 			return nil, fmt.Errorf("%w: %s is open in a running sidecar (waited %v); stop it first", ErrLocked, path, time.Duration(DefaultLockTimeout))
 		}
 		return nil, fmt.Errorf("wal: open %s: %w", path, err)

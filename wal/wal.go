@@ -182,11 +182,14 @@ type usage struct {
 // footprint, even when segments are sealed short. A larger segment counts as its value and overhead
 // rounded up to whole pages, plus a standard segment for the page it may
 // share with a neighbour.
-func (w *WAL) footprint(n int) int64 {
-	if n <= w.segLimit {
-		return int64(w.opts.SegmentBytes)
+func (w *WAL) footprint(n int) int64 { return footprintOf(n, w.opts.SegmentBytes) }
+
+// footprintOf is WAL.footprint for a segment size.
+func footprintOf(n, segmentBytes int) int64 {
+	if n <= segmentBytes-bboltValueOverhead {
+		return int64(segmentBytes)
 	}
-	return int64((n+bboltValueOverhead+pageSize-1)/pageSize*pageSize + w.opts.SegmentBytes)
+	return int64((n+bboltValueOverhead+pageSize-1)/pageSize*pageSize + segmentBytes)
 }
 
 // posOp is a pending position change. It may be committed once the
@@ -234,6 +237,9 @@ func Open(opts Options) (*WAL, error) {
 		return nil, fmt.Errorf("wal: create directory: %w", err)
 	}
 	path := filepath.Join(opts.Dir, FileName)
+	// The structural check walks every segment's leaf element: it counts
+	// what is stored on the way, which load would otherwise walk again.
+	totals := &segTotals{segmentBytes: opts.SegmentBytes}
 	db, err := bolt.Open(path, 0o640, &bolt.Options{
 		Timeout:         opts.LockTimeout,
 		NoFreelistSync:  true,
@@ -241,10 +247,16 @@ func Open(opts Options) (*WAL, error) {
 		PageSize:        pageSize,
 		InitialMmapSize: initialMmapSize(opts.MaxBytes),
 		NoSync:          opts.NoSync,
+		OpenFile: func(name string, flag int, perm os.FileMode) (*os.File, error) {
+			return openChecked(name, flag, perm, true, opts.LockTimeout, totals)
+		},
 	})
 	if err != nil {
 		if errors.Is(err, berrors.ErrTimeout) {
 			return nil, fmt.Errorf("%w: %s (waited %v)", ErrLocked, path, opts.LockTimeout)
+		}
+		if errors.Is(err, ErrLocked) {
+			return nil, err
 		}
 		return nil, fmt.Errorf("wal: open %s: %w", path, err)
 	}
@@ -274,12 +286,46 @@ func Open(opts Options) (*WAL, error) {
 	w.wr.b.curSet = make(map[string]CursorInfo)
 	w.wr.b.lost = make(map[string]uint64)
 
-	if err := w.load(); err != nil {
+	if err := w.load(totals); err != nil {
 		db.Close()
 		return nil, fmt.Errorf("wal: open %s: %w", path, err)
 	}
 	go w.run()
 	return w, nil
+}
+
+// openChecked opens the WAL file for bbolt (bolt.Options.OpenFile): it
+// takes bbolt's lock itself (exclusive for a writer, waiting up to
+// timeout) and, under it, checks the file's structure (checkStructure), so
+// that bbolt never maps a damaged file; bbolt then takes the lock it
+// already holds. A damaged file fails with an error wrapping ErrCorrupt.
+// totals, if not nil, receives what the check counted.
+func openChecked(name string, flag int, perm os.FileMode, exclusive bool, timeout time.Duration, totals *segTotals) (*os.File, error) {
+	f, err := os.OpenFile(name, flag, perm)
+	if err != nil {
+		return nil, err
+	}
+	if err := lockFile(f, exclusive, timeout); err != nil {
+		f.Close()
+		return nil, err
+	}
+	fi, err := f.Stat()
+	if err == nil && fi.Size() == 0 {
+		return f, nil // a new file: bbolt initialises it
+	}
+	var problems []string
+	var n int
+	if err == nil {
+		problems, n, err = checkStructure(f, totals)
+	}
+	if err == nil && n > 0 {
+		err = &damageError{problems: problems, n: n}
+	}
+	if err != nil {
+		f.Close()
+		return nil, err
+	}
+	return f, nil
 }
 
 // initialMmapSize maps the whole retained size (plus slack) up front, at
@@ -302,8 +348,9 @@ func allocSize(maxBytes int64) int {
 	return int(min(max(maxBytes/64, 64<<10), 16<<20))
 }
 
-// load prepares the buckets and reads the state of the file.
-func (w *WAL) load() error {
+// load prepares the buckets and reads the state of the file; totals are
+// the structural check's counts, if it ran.
+func (w *WAL) load(totals *segTotals) error {
 	var fresh bool
 	err := w.db.View(func(tx *bolt.Tx) error {
 		fresh = tx.Bucket(bucketMeta) == nil || tx.Bucket(bucketSegments) == nil ||
@@ -351,13 +398,17 @@ func (w *WAL) load() error {
 			w.created = int64(binary.BigEndian.Uint64(v))
 		}
 		// Count what is stored from the keys and value lengths alone: a
-		// cursor walk over the leaf pages, no value is decoded.
+		// cursor walk over the leaf pages, no value is decoded, unless the
+		// structural check counted it (an existing file).
 		c := tx.Bucket(bucketSegments).Cursor()
-		var u usage
-		for k, v := c.First(); k != nil; k, v = c.Next() {
-			u.segments++
-			u.stored += int64(len(v))
-			u.footprint += w.footprint(len(v))
+		u := totals.u
+		if !totals.ok || fresh {
+			u = usage{}
+			for k, v := c.First(); k != nil; k, v = c.Next() {
+				u.segments++
+				u.stored += int64(len(v))
+				u.footprint += w.footprint(len(v))
+			}
 		}
 		w.wr.use, w.mu.use = u, u
 		if u.segments > 0 {
@@ -376,6 +427,18 @@ func (w *WAL) load() error {
 			w.firstSeq.Store(first)
 			w.lastSeq.Store(last + uint64(count) - 1)
 			w.durable.Store(last + uint64(count) - 1)
+		}
+		// Frames a recovery dropped: their sequence numbers are never
+		// assigned again (see Recover).
+		if v := tx.Bucket(bucketMeta).Get(metaLost); v != nil {
+			rs, ok := parseLost(v)
+			if !ok {
+				return fmt.Errorf("%w: meta %q of %d bytes is malformed", ErrCorrupt, metaLost, len(v))
+			}
+			if n := len(rs); n > 0 && rs[n-1].last > w.lastSeq.Load() {
+				w.lastSeq.Store(rs[n-1].last)
+				w.durable.Store(rs[n-1].last)
+			}
 		}
 		err := tx.Bucket(bucketPositions).ForEach(func(k, v []byte) error {
 			if len(v) != 8 {

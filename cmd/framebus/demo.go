@@ -30,13 +30,23 @@ func demoMain(args []string, stdout, stderr io.Writer) int {
 	dir := fs.String("dir", "", "directory for the demo's socket and WAL (default: a new one under $TMPDIR)")
 	shmDir := fs.String("shm-dir", shm.DefaultDir, "directory of the segment file")
 	preset := fs.String("preset", "default", "sidecar preset")
+	modbus := fs.String("modbus", "auto", "the Modbus part: on, off, or auto (on if framebus-modbus is found)")
+	throughput := fs.Bool("throughput", true, "the throughput part (--drivers, --duration, --points, --rate)")
 	fs.Usage = func() {
 		fmt.Fprint(stderr, `Usage: framebus demo [flags]
 
-Starts a sidecar (framebus run) and simulated driver processes (framebus
-publish) on a private bus, prints the durable throughput and the bytes not yet
-durable once a second, then stops everything gracefully and prints what the
-WAL holds and where it is. Needs no configuration.
+Starts a sidecar (framebus run) on a private bus, then:
+
+- the Modbus part: a simulated PLC (framebus-modbus sim) and the Modbus
+  driver (framebus-modbus) polling it into the bus; framebus tail shows its
+  frames, framebus cmd writes a setpoint, the PLC logs the write and its pump
+  speed follows. framebus-modbus is looked for next to this executable, then
+  in PATH (make demo builds both into bin/);
+- the throughput part: simulated driver processes (framebus publish); it
+  prints the durable throughput and the bytes not yet durable once a second;
+
+then stops everything gracefully and prints what the WAL holds and where it
+is. Needs no configuration.
 
 Flags:
 `)
@@ -52,9 +62,14 @@ Flags:
 		fmt.Fprintln(stderr, "framebus demo: --drivers must be 1..32 and --points 1..1000")
 		return 2
 	}
+	if *modbus != "on" && *modbus != "off" && *modbus != "auto" {
+		fmt.Fprintf(stderr, "framebus demo: --modbus %q: want on, off or auto\n", *modbus)
+		return 2
+	}
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
-	if err := demo(ctx, stdout, stderr, demoOpts{drivers: *drivers, duration: *duration, points: *points, rate: *rate, dir: *dir, shmDir: *shmDir, preset: *preset}); err != nil {
+	if err := demo(ctx, stdout, stderr, demoOpts{drivers: *drivers, duration: *duration, points: *points, rate: *rate, dir: *dir, shmDir: *shmDir, preset: *preset,
+		modbus: *modbus, throughput: *throughput}); err != nil {
 		fmt.Fprintln(stderr, "framebus demo:", err)
 		return 1
 	}
@@ -69,12 +84,24 @@ type demoOpts struct {
 	dir      string
 	shmDir   string
 	preset   string
+	// modbus is on, off or auto (on if framebus-modbus is found).
+	modbus     string
+	throughput bool
 }
 
 func demo(ctx context.Context, out, errw io.Writer, o demoOpts) error {
 	exe, err := os.Executable()
 	if err != nil {
 		return err
+	}
+	var modbus string
+	if o.modbus != "off" {
+		if modbus, err = findModbus(exe); err != nil {
+			if o.modbus == "on" {
+				return err
+			}
+			fmt.Fprintf(errw, "framebus demo: %v; skipping the Modbus part\n", err)
+		}
 	}
 	base := o.dir
 	if base == "" {
@@ -119,8 +146,40 @@ func demo(ctx context.Context, out, errw io.Writer, o demoOpts) error {
 		}
 		time.Sleep(20 * time.Millisecond)
 	}
-	fmt.Fprintf(out, "framebus demo: sidecar on bus %q (preset %s), %d driver processes, %d points per frame, for %v\n", name, o.preset, o.drivers, o.points, o.duration)
+	fmt.Fprintf(out, "framebus demo: sidecar on bus %q (preset %s)\n", name, o.preset)
 	fmt.Fprintf(out, "  metrics: http://%s/metrics   sidecar log: %s\n", metrics, sidecarLog.Name())
+	if modbus != "" {
+		if err := demoModbus(ctx, out, exe, modbus, base, name, runDir); err != nil && ctx.Err() == nil {
+			return fmt.Errorf("the Modbus part: %w", err)
+		}
+	}
+	if o.throughput && ctx.Err() == nil {
+		if err := demoThroughput(ctx, out, exe, name, runDir, o); err != nil {
+			return err
+		}
+	}
+	sc.Process.Signal(syscall.SIGTERM)
+	<-scDone
+	if scErr != nil {
+		return fmt.Errorf("the sidecar did not stop cleanly (%v); see %s", scErr, sidecarLog.Name())
+	}
+	walPath := filepath.Join(walDir, name)
+	st, err := wal.ReadStats(walPath)
+	if err != nil {
+		return err
+	}
+	fmt.Fprintf(out, "\nWAL %s: %d frames, %d bytes, sequence %d..%d\n", walPath, st.Frames, st.Bytes, st.FirstSeq, st.LastSeq)
+	fmt.Fprintf(out, "inspect it with: framebus wal stats --wal-dir %s   (remove %s when done)\n", walPath, base)
+	if o.throughput {
+		fmt.Fprintln(out, "* MB/s estimated from the frame size of the template")
+	}
+	return nil
+}
+
+// demoThroughput is the throughput part of the demo: o.drivers `framebus
+// publish` processes for o.duration, with a line of rates a second.
+func demoThroughput(ctx context.Context, out io.Writer, exe, name, runDir string, o demoOpts) error {
+	fmt.Fprintf(out, "\nThroughput: %d driver processes (framebus publish), %d points per frame, for %v\n", o.drivers, o.points, o.duration)
 	type drv struct {
 		cmd *exec.Cmd
 		out strings.Builder
@@ -178,19 +237,6 @@ loop:
 		d.cmd.Wait()
 		fmt.Fprintf(out, "  driver %d: %s", i+1, d.out.String())
 	}
-	sc.Process.Signal(syscall.SIGTERM)
-	<-scDone
-	if scErr != nil {
-		return fmt.Errorf("the sidecar did not stop cleanly (%v); see %s", scErr, sidecarLog.Name())
-	}
-	walPath := filepath.Join(walDir, name)
-	st, err := wal.ReadStats(walPath)
-	if err != nil {
-		return err
-	}
-	fmt.Fprintf(out, "\nWAL %s: %d frames, %d bytes, sequence %d..%d\n", walPath, st.Frames, st.Bytes, st.FirstSeq, st.LastSeq)
-	fmt.Fprintf(out, "inspect it with: framebus wal stats --wal-dir %s   (remove %s when done)\n", walPath, base)
-	fmt.Fprintln(out, "* MB/s estimated from the frame size of the template")
 	return nil
 }
 

@@ -15,13 +15,16 @@ const usage = `framebus — shared-memory message bus for multiprocess IoT gatew
 
 Usage:
   framebus run [flags]      run the sidecar (framebus run -h for every setting)
+  framebus stat [flags]     a live view of the bus, like top: rings, WAL,
+                            subscribers, uplink (--once --json for scripts)
   framebus publish [flags]  publish synthetic frames as a driver and wait until durable
                             (--stdin: frames given as JSON lines, as tail --json prints)
   framebus tail [flags]     print the frames in the WAL that match a filter, or follow
                             them (framebus tail -h)
   framebus cmd [flags]      send a command to a driver and print its stages
                             (framebus cmd -h)
-  framebus wal stats|verify inspect a WAL offline
+  framebus wal stats|verify|recover
+                            inspect a WAL offline; rebuild a damaged one
   framebus uplink status    the NATS JetStream uplink's state
   framebus demo [flags]     a sidecar and simulated drivers for 20 s, with live
                             throughput (framebus demo -h)
@@ -73,6 +76,8 @@ func run(args []string, stdout, stderr io.Writer) int {
 	switch args[0] {
 	case "run":
 		return runMain(args[1:], stdout, stderr)
+	case "stat":
+		return statMain(args[1:], stdout, stderr)
 	case "publish":
 		return publishMain(args[1:], stdout, stderr)
 	case "tail":

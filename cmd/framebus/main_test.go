@@ -11,7 +11,7 @@ import (
 // which in a test is the test binary: dispatch their commands to run like
 // main would.
 func TestMain(m *testing.M) {
-	if len(os.Args) > 1 && (os.Args[1] == "run" || os.Args[1] == "publish") {
+	if len(os.Args) > 1 && (os.Args[1] == "run" || os.Args[1] == "publish" || os.Args[1] == "tail" || os.Args[1] == "cmd") {
 		os.Exit(run(os.Args[1:], os.Stdout, os.Stderr))
 	}
 	os.Exit(m.Run())

@@ -13,6 +13,8 @@ import (
 	"os/signal"
 	"slices"
 	"strings"
+	"sync"
+	"sync/atomic"
 	"syscall"
 	"time"
 
@@ -39,6 +41,7 @@ func publishMain(args []string, stdout, stderr io.Writer) int {
 	cmdDelay := fs.Duration("command-delay", 0, "with --serve-commands: time each command takes")
 	cmdReply := fs.String("command-reply", "completed", "with --serve-commands: final stage of every command: completed, failed, rejected, or none (answer only a second after the deadline: the sidecar expires it)")
 	skipBad := fs.Bool("skip-bad", false, "with --stdin: skip lines that are not frames, and count them (default: stop at the first, exit status 1)")
+	reportDurable := fs.Duration("report-durable", 0, "print \"durable N\" whenever the first N frames are known durable, checked this often (0: never); for crash tests")
 	fs.Usage = func() {
 		fmt.Fprint(stderr, `Usage: framebus publish [flags]
 
@@ -105,14 +108,18 @@ Flags:
 		fmt.Fprintln(stderr, "framebus publish: --command-delay and --command-reply need --serve-commands")
 		return 2
 	}
-	if err := publish(ctx, stdout, cfg, *device, *count, *points, *rate, srv); err != nil {
+	if *reportDurable < 0 || (*reportDurable > 0 && *fromStdin) {
+		fmt.Fprintln(stderr, "framebus publish: --report-durable must be positive, and not with --stdin")
+		return 2
+	}
+	if err := publish(ctx, stdout, cfg, *device, *count, *points, *rate, srv, *reportDurable); err != nil {
 		fmt.Fprintln(stderr, "framebus publish:", err)
 		return 1
 	}
 	return 0
 }
 
-func publish(ctx context.Context, out io.Writer, cfg client.Config, device string, count uint64, points int, rate float64, srv *commandSim) error {
+func publish(ctx context.Context, out io.Writer, cfg client.Config, device string, count uint64, points int, rate float64, srv *commandSim, reportEvery time.Duration) error {
 	dctx, cancel := context.WithTimeout(ctx, 10*time.Second)
 	pub, err := client.Dial(dctx, cfg)
 	cancel()
@@ -133,6 +140,14 @@ func publish(ctx context.Context, out io.Writer, cfg client.Config, device strin
 		return err
 	}
 	lat := startLatencySampler(pub)
+	// Before pub.Close (deferred earlier, run later): the sampler reads the
+	// ring, which Close unmaps, also when publishing fails.
+	defer lat.stop()
+	var sent atomic.Uint64 // frames published so far
+	if reportEvery > 0 {
+		rep := startDurableReporter(pub, &sent, reportEvery, out)
+		defer rep.stop()
+	}
 	start := time.Now()
 	var interval time.Duration
 	if rate > 0 {
@@ -162,6 +177,7 @@ func publish(ctx context.Context, out io.Writer, cfg client.Config, device strin
 			}
 			return fmt.Errorf("publish frame %d: %w", seq, err)
 		}
+		sent.Store(seq + 1)
 	}
 	published := time.Now()
 	wctx, cancel := context.WithTimeout(context.Background(), time.Minute)
@@ -188,8 +204,59 @@ func publish(ctx context.Context, out io.Writer, cfg client.Config, device strin
 		fmt.Fprintf(out, "served %d commands\n", srv.served.Load())
 		return nil
 	case err := <-serveErr:
+		if ctx.Err() != nil { // interrupted: ServeCommands saw it first
+			fmt.Fprintf(out, "served %d commands\n", srv.served.Load())
+			return nil
+		}
 		return fmt.Errorf("serving commands: %w", err)
 	}
+}
+
+// durableReporter prints "durable N" lines: every interval it notes how
+// many frames were published and the stream's mark after them, and once that
+// mark is durable it prints the count (a mark taken after N frames may
+// include more, so the line never claims a frame that is not durable).
+type durableReporter struct {
+	done, exited chan struct{}
+}
+
+func startDurableReporter(pub *client.Publisher, sent *atomic.Uint64, every time.Duration, out io.Writer) *durableReporter {
+	r := &durableReporter{done: make(chan struct{}), exited: make(chan struct{})}
+	go func() {
+		defer close(r.exited)
+		type point struct {
+			n uint64
+			m client.Mark
+		}
+		var pending []point
+		var printed uint64
+		tick := time.NewTicker(every)
+		defer tick.Stop()
+		for {
+			select {
+			case <-r.done:
+				return
+			case <-tick.C:
+			}
+			if n := sent.Load(); n > printed && (len(pending) == 0 || pending[len(pending)-1].n < n) {
+				pending = append(pending, point{n, pub.Mark()})
+			}
+			i := 0
+			for ; i < len(pending) && pub.Durable(pending[i].m); i++ {
+			}
+			if i > 0 {
+				printed = pending[i-1].n
+				fmt.Fprintf(out, "durable %d\n", printed)
+				pending = pending[i:]
+			}
+		}
+	}()
+	return r
+}
+
+func (r *durableReporter) stop() {
+	close(r.done)
+	<-r.exited
 }
 
 func ms(d time.Duration) float64 { return float64(d.Microseconds()) / 1000 }
@@ -201,6 +268,8 @@ type latencySampler struct {
 	pub  *client.Publisher
 	done chan struct{}
 	out  chan []time.Duration
+	once sync.Once
+	lats []time.Duration // what run measured, once stopped
 }
 
 func startLatencySampler(pub *client.Publisher) *latencySampler {
@@ -243,10 +312,13 @@ func (l *latencySampler) run() {
 }
 
 // stop ends sampling and returns the median, the 99th percentile and the
-// number of samples.
+// number of samples. It is idempotent.
 func (l *latencySampler) stop() (p50, p99 time.Duration, n int) {
-	close(l.done)
-	lats := <-l.out
+	l.once.Do(func() {
+		close(l.done)
+		l.lats = <-l.out
+	})
+	lats := l.lats
 	if len(lats) == 0 {
 		return 0, 0, 0
 	}

@@ -13,7 +13,14 @@ import (
 	"time"
 
 	"github.com/framebus/framebus/sidecar"
+	"github.com/framebus/framebus/wal"
 )
+
+// exitWALDamaged is `framebus run`'s exit status when the WAL is damaged
+// and wal_recover is off (documented in `framebus run -h` and
+// docs/wal-recovery.md): a service manager can tell it from other failures
+// and not restart in a loop (systemd: RestartPreventExitStatus=3).
+const exitWALDamaged = 3
 
 // runMain is `framebus run`: the sidecar daemon.
 func runMain(args []string, stdout, stderr io.Writer) int {
@@ -36,6 +43,9 @@ func runMain(args []string, stdout, stderr io.Writer) int {
 	s, err := sidecar.New(cfg, log)
 	if err != nil {
 		fmt.Fprintln(stderr, "framebus run:", err)
+		if errors.Is(err, wal.ErrCorrupt) {
+			return exitWALDamaged
+		}
 		return 1
 	}
 	sig := make(chan os.Signal, 2)

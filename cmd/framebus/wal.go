@@ -14,16 +14,20 @@ import (
 )
 
 const walUsage = `Usage:
-  framebus wal stats  --wal-dir DIR [--name N] [--json]   frames, bytes, sequence range, frames per producer
-  framebus wal verify --wal-dir DIR [--name N]            check every segment's checksum and the sequence
+  framebus wal stats   --wal-dir DIR [--name N] [--json]  frames, bytes, sequence range, frames per producer
+  framebus wal verify  --wal-dir DIR [--name N]           check every page, every segment's checksum and
+                                                          the sequence; exit status 1 if anything is damaged
+  framebus wal recover --wal-dir DIR [--name N]           if the WAL is damaged, move the file aside and
+                                                          rebuild it from every intact segment (what
+                                                          framebus run --wal-recover does at start)
 
 DIR is the directory holding framebus.wal, or the sidecar's wal_dir (the WAL of
 bus N is then DIR/N). Run them while the sidecar is stopped: the WAL file is
-locked while it runs.
+locked while it runs. docs/wal-recovery.md explains damage and recovery.
 `
 
 func walMain(args []string, stdout, stderr io.Writer) int {
-	if len(args) == 0 || (args[0] != "stats" && args[0] != "verify") {
+	if len(args) == 0 || (args[0] != "stats" && args[0] != "verify" && args[0] != "recover") {
 		fmt.Fprint(stderr, walUsage)
 		return 2
 	}
@@ -70,17 +74,54 @@ func walMain(args []string, stdout, stderr io.Writer) int {
 			fmt.Fprintf(stdout, "  %-32s %d frames\n", n, st.Producers[n].Frames)
 		}
 		return 0
+	case "recover":
+		return walRecover(d, stdout, stderr)
 	default:
 		rep, err := wal.Verify(d)
 		fmt.Fprintf(stdout, "WAL %s: %d segments, %d frames, %d bytes, sequence %d..%d\n", d, rep.Segments, rep.Frames, rep.Bytes, rep.FirstSeq, rep.LastSeq)
+		if rep.Lost > 0 {
+			fmt.Fprintf(stdout, "  %d frames recorded as lost by a recovery (their sequence numbers are never used again)\n", rep.Lost)
+		}
 		for _, p := range rep.Problems {
 			fmt.Fprintln(stdout, "  problem:", p)
 		}
 		if err != nil {
 			fmt.Fprintln(stderr, "framebus wal verify:", err)
+			if errors.Is(err, wal.ErrCorrupt) {
+				fmt.Fprintln(stderr, "To keep every intact segment and move the damaged file aside: framebus wal recover, or framebus run --wal-recover (docs/wal-recovery.md).")
+			}
 			return 1
 		}
 		fmt.Fprintln(stdout, "ok")
 		return 0
 	}
+}
+
+// walRecover is `framebus wal recover`: wal.Recover and its report.
+func walRecover(dir string, stdout, stderr io.Writer) int {
+	rep, err := wal.Recover(dir, wal.RecoverOptions{})
+	if err != nil {
+		fmt.Fprintln(stderr, "framebus wal recover:", err)
+		return 1
+	}
+	if !rep.Damaged {
+		fmt.Fprintf(stdout, "WAL %s: nothing is damaged; nothing changed\n", dir)
+		return 0
+	}
+	fmt.Fprintf(stdout, "WAL %s was damaged (read %s):\n", dir, rep.Meta)
+	for _, p := range rep.Problems {
+		fmt.Fprintln(stdout, "  problem:", p)
+	}
+	fmt.Fprintf(stdout, "the damaged file is now %s\n", rep.MovedTo)
+	fmt.Fprintf(stdout, "kept %d segments, %d frames, sequence %d..%d (%d segments rescued from pages the tree no longer reached)\n",
+		rep.KeptSegments, rep.KeptFrames, rep.FirstSeq, rep.LastSeq, rep.Rescued)
+	for _, d := range rep.Dropped {
+		fmt.Fprintln(stdout, "  dropped:", d)
+	}
+	fmt.Fprintf(stdout, "kept %d positions (%d dropped), %d cursors (%d dropped); the next frame gets sequence number %d\n",
+		rep.Positions, rep.PositionsDropped, rep.Cursors, rep.CursorsDropped, rep.NextSeq)
+	if rep.NewIdentity {
+		fmt.Fprintln(stdout, "the WAL has a new creation time: how far the damaged WAL went is unknown, so its frame ids (creation time and sequence number) start anew")
+	}
+	return 0
 }
