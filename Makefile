@@ -10,13 +10,16 @@ E2EBENCHOUT ?= bench-e2e.out
 SUBBENCHOUT ?= bench-sub.out
 UPBENCHOUT ?= bench-uplink.out
 DEMOTIME  ?= 20s
+CHAOSOUT  ?= chaos.out
+SOAKTIME  ?= 10m
+SOAKOUT   ?= docs/soak
 BIN       := bin
 
 # Packages with fuzz targets, and their targets (kept in sync by `make fuzz-list`).
 FUZZ_TARGETS := schema:FuzzVerify schema:FuzzParseJSON shm:FuzzSegmentHeader shm:FuzzRingConsumer sidecar:FuzzFilter
 
 .DEFAULT_GOAL := help
-.PHONY: help build test test-perf fmt-check deps-check vet generate generate-check test-race test-allocs bench bench-e2e bench-sub bench-uplink fuzz fuzz-list lint demo clean
+.PHONY: help build test test-perf fmt-check deps-check vet generate generate-check test-race test-allocs bench bench-e2e bench-sub bench-uplink fuzz fuzz-list lint demo clean chaos soak
 
 help: ## Show this help.
 	@echo "framebus — shared-memory message bus for multiprocess IoT gateways"
@@ -26,11 +29,16 @@ help: ## Show this help.
 	@echo
 	@echo "Variables: FUZZTIME=$(FUZZTIME) (per fuzz target), BENCHCOUNT=$(BENCHCOUNT), DEMOTIME=$(DEMOTIME)"
 
-build: ## Build every package and bin/framebus.
+build: ## Build every package, bin/framebus and bin/framebus-modbus.
 	$(GO) build ./...
 	$(GO) build -o $(BIN)/framebus ./cmd/framebus
+	$(GO) build -o $(BIN)/framebus-modbus ./cmd/framebus-modbus
 
-test: fmt-check vet fuzz-list deps-check generate-check test-allocs test-perf test-race ## What CI runs: gofmt, vet, fuzz-target list, generated-code check, allocation and performance-ratio tests, race tests.
+test: fmt-check vet fuzz-list deps-check generate-check deploy-check test-allocs test-perf test-race test-arm64 ## What CI runs: gofmt, vet, fuzz-target list, generated-code check, allocation and performance-ratio tests, race tests (with the quick chaos suite), arm64 tests under qemu.
+
+.PHONY: deploy-check
+deploy-check: ## Check deploy/: promtool check/test rules and check config, systemd-analyze verify of the units (the Go side is TestDeploy* in ./test).
+	@deploy/check.sh
 
 fmt-check: ## Fail if gofmt would change a file.
 	@out=$$(gofmt -l $$(find . -name '*.go' -not -path './.git/*')); \
@@ -62,6 +70,24 @@ test-allocs: ## Allocation tests, without -race (its instrumentation allocates, 
 test-perf: ## Tests that compare throughput, without -race (its instrumentation distorts the ratios; under -race they check only correctness).
 	$(GO) test -count 1 -run 'TestSlowSubscriber' ./test
 
+# The emulator that runs the arm64 test binaries (Debian: apt-get install qemu-user-static).
+QEMU_ARM64 ?= qemu-aarch64-static
+
+.PHONY: test-arm64
+test-arm64: ## Cross-compile the shm, schema and wal tests for linux/arm64 and run them under qemu-user (QEMU_ARM64=qemu-aarch64-static); no -race: on arm64 it needs cgo and a cross compiler.
+	@command -v $(QEMU_ARM64) >/dev/null || { echo "$(QEMU_ARM64) not found: apt-get install qemu-user-static"; exit 1; }
+	@dir=$$(mktemp -d); trap 'rm -rf $$dir' EXIT; failed=; \
+	for p in shm schema wal; do \
+		CGO_ENABLED=0 GOOS=linux GOARCH=arm64 $(GO) test -c -o $$dir/$$p.test ./$$p || exit 1; \
+	done; \
+	for p in shm schema wal; do \
+		start=$$(date +%s); \
+		if (cd $$p && FRAMEBUS_TEST_EXEC=$(QEMU_ARM64) $(QEMU_ARM64) $$dir/$$p.test -test.count=1 -test.timeout=20m); \
+		then echo "ok    $$p (linux/arm64, $(QEMU_ARM64)) $$(( $$(date +%s) - start ))s"; \
+		else echo "FAIL  $$p (linux/arm64, $(QEMU_ARM64))"; failed="$$failed $$p"; fi; \
+	done; \
+	if [ -n "$$failed" ]; then echo "test-arm64 failed:$$failed"; exit 1; fi
+
 bench: ## Benchmarks (shm rings vs Unix socket, encoders); results into $(BENCHOUT) and a median table.
 	$(GO) test -run '^$$' -bench . -benchmem -count $(BENCHCOUNT) -timeout 60m ./shm ./schema ./wal | tee $(BENCHOUT)
 	$(GO) run ./cmd/benchreport < $(BENCHOUT)
@@ -78,6 +104,15 @@ bench-e2e: ## End-to-end durable ingest (driver process → sidecar → WAL) vs 
 	$(GO) test -run '^$$' -bench EndToEnd -count $(E2EBENCHCOUNT) -timeout 60m ./test | tee $(E2EBENCHOUT)
 	$(GO) run ./cmd/benchreport < $(E2EBENCHOUT)
 
+chaos: ## The reliability suite at full counts (TestChaos*: 50 sidecar kills, 200 driver kills, hostile client, disk faults, access control), race on; one CHAOS line per fault, log in $(CHAOSOUT).
+	@$(GO) test -race -count 1 -timeout 60m -v -run 'Chaos' ./test ./sidecar -chaos.full > $(CHAOSOUT) 2>&1; rc=$$?; \
+	grep -E -- '--- FAIL|^FAIL' $(CHAOSOUT); grep '^CHAOS' $(CHAOSOUT); \
+	if [ $$rc -ne 0 ]; then echo "chaos failed: details in $(CHAOSOUT)"; fi; exit $$rc
+
+soak: ## SOAKTIME (10m) at half the maximum throughput with drivers and a subscriber coming and going: RSS, goroutines, fds within ±10 %; writes $(SOAKOUT).csv and .png, log in soak.out.
+	@$(GO) test -count 1 -timeout 60m -v -run 'TestSoak$$' ./test -soak $(SOAKTIME) -soak.out $(abspath $(SOAKOUT)) > soak.out 2>&1; rc=$$?; \
+	grep -E -- '^(CHAOS|--- |FAIL)|soak_test.go' soak.out; exit $$rc
+
 fuzz: ## Run every fuzz target for FUZZTIME each (seeds in */testdata/fuzz).
 	@set -e; for t in $(FUZZ_TARGETS); do \
 		pkg=$${t%%:*}; name=$${t#*:}; \
@@ -93,8 +128,8 @@ fuzz-list: ## Check that FUZZ_TARGETS lists every fuzz target in the tree.
 lint: fmt-check vet ## gofmt, go vet and staticcheck.
 	$(GO) run honnef.co/go/tools/cmd/staticcheck@v0.8.2 ./...
 
-demo: ## A sidecar and simulated drivers for DEMOTIME with live throughput; prints where the WAL is.
-	$(GO) build -o $(BIN)/framebus ./cmd/framebus && $(BIN)/framebus demo --duration $(DEMOTIME)
+demo: ## A sidecar, the Modbus driver polling a simulated PLC (tail, a setpoint write), then simulated drivers for DEMOTIME with live throughput; prints where the WAL is.
+	$(GO) build -o $(BIN)/framebus ./cmd/framebus && $(GO) build -o $(BIN)/framebus-modbus ./cmd/framebus-modbus && $(BIN)/framebus demo --duration $(DEMOTIME)
 
 clean: ## Remove build output.
-	rm -rf $(BIN) $(BENCHOUT)
+	rm -rf $(BIN) $(BENCHOUT) $(CHAOSOUT) soak.out
