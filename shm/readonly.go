@@ -4,8 +4,6 @@ import (
 	"fmt"
 	"os"
 	"time"
-
-	"github.com/edsrzf/mmap-go"
 )
 
 // Observer is a read-only view of a bus's segment for tools that watch it
@@ -33,30 +31,9 @@ type Observer struct {
 // a sidecar is initialising it, and a validation sentinel if it is not a
 // compatible segment.
 func OpenObserver(dir, name string) (*Observer, error) {
-	if err := validName(orDefault(name, DefaultName)); err != nil {
+	s, fi, err := mapFile(dir, name, false)
+	if err != nil {
 		return nil, err
-	}
-	path := Path(dir, name)
-	f, err := os.Open(path)
-	if err != nil {
-		return nil, fmt.Errorf("shm: open %s: %w", path, err)
-	}
-	defer f.Close()
-	fi, err := f.Stat()
-	if err != nil {
-		return nil, fmt.Errorf("shm: stat %s: %w", path, err)
-	}
-	if fi.Size() < HeaderSize {
-		return nil, fmt.Errorf("%w: %s has %d bytes", ErrTooSmall, path, fi.Size())
-	}
-	mem, err := mmap.Map(f, mmap.RDONLY, 0)
-	if err != nil {
-		return nil, fmt.Errorf("shm: map %s: %w", path, err)
-	}
-	s, err := segmentOver(mem, path)
-	if err != nil {
-		mem.Unmap()
-		return nil, fmt.Errorf("%s: %w", path, err)
 	}
 	return &Observer{seg: s, fi: fi}, nil
 }

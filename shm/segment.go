@@ -243,32 +243,43 @@ func Open(dir, name string) (*Segment, error) {
 }
 
 func open(dir, name string) (*Segment, error) {
+	s, _, err := mapFile(dir, name, true)
+	return s, err
+}
+
+// mapFile maps an existing segment file, read-write or read-only, and
+// checks its header; it also returns the file's metadata as opened.
+func mapFile(dir, name string, writable bool) (*Segment, os.FileInfo, error) {
 	if err := validName(orDefault(name, DefaultName)); err != nil {
-		return nil, err
+		return nil, nil, err
 	}
 	path := Path(dir, name)
-	f, err := os.OpenFile(path, os.O_RDWR, 0)
+	flag, prot := os.O_RDONLY, mmap.RDONLY
+	if writable {
+		flag, prot = os.O_RDWR, mmap.RDWR
+	}
+	f, err := os.OpenFile(path, flag, 0)
 	if err != nil {
-		return nil, fmt.Errorf("shm: open %s: %w", path, err)
+		return nil, nil, fmt.Errorf("shm: open %s: %w", path, err)
 	}
 	defer f.Close()
 	fi, err := f.Stat()
 	if err != nil {
-		return nil, fmt.Errorf("shm: stat %s: %w", path, err)
+		return nil, nil, fmt.Errorf("shm: stat %s: %w", path, err)
 	}
 	if fi.Size() < HeaderSize {
-		return nil, fmt.Errorf("%w: %s has %d bytes", ErrTooSmall, path, fi.Size())
+		return nil, nil, fmt.Errorf("%w: %s has %d bytes", ErrTooSmall, path, fi.Size())
 	}
-	mem, err := mmap.Map(f, mmap.RDWR, 0)
+	mem, err := mmap.Map(f, prot, 0)
 	if err != nil {
-		return nil, fmt.Errorf("shm: map %s: %w", path, err)
+		return nil, nil, fmt.Errorf("shm: map %s: %w", path, err)
 	}
 	s, err := segmentOver(mem, path)
 	if err != nil {
 		mem.Unmap()
-		return nil, fmt.Errorf("%s: %w", path, err)
+		return nil, nil, fmt.Errorf("%s: %w", path, err)
 	}
-	return s, nil
+	return s, fi, nil
 }
 
 // segmentOver validates a segment image and wraps it.

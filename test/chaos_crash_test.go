@@ -256,11 +256,17 @@ func TestChaosCrashSidecar(t *testing.T) {
 		}
 	}
 	var published []uint64
+	// All at once (one after the other, the last ones would publish for
+	// seconds more, and retention would delete frames before the final
+	// read), and only once: a second SIGTERM after the driver has let go of
+	// its signal handler would kill it.
 	for _, d := range ds {
 		d.cmd.Process.Signal(syscall.SIGTERM)
 	}
 	for _, d := range ds {
-		d.stop(t)
+		if err := d.wait(t, 90*time.Second); err != nil {
+			t.Fatalf("%v exited with %v after SIGTERM:\n%s", d.cmd.Args[:2], err, d.out.String())
+		}
 		published = append(published, publishedCount(t, d.out.String()))
 	}
 	sc.stop(t)
