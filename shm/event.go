@@ -129,3 +129,35 @@ func (e Event) Wait(ctx context.Context, spin time.Duration, cond func() bool) b
 		}
 	}
 }
+
+// NewLocalEvent returns an Event in this process's own memory, for one
+// goroutine to sleep on until another signals it, without a Go channel or
+// timer: its sleep is a futex wait with a precise timeout (see WaitFor).
+func NewLocalEvent() Event {
+	// 8-byte aligned: the words are accessed atomically.
+	return newEvent(localWord(), 0)
+}
+
+// WaitFor returns when cond() is true (true), or after d (cond() then).
+// It does not spin, and it allocates nothing: it suits a short, bounded
+// pause that a Signal may cut short. The signaller must publish what cond
+// reads with a sequentially consistent store (sync/atomic) before Signal.
+func (e Event) WaitFor(d time.Duration, cond func() bool) bool {
+	seq := u32At(e.mem, e.off+evSeq)
+	deadline := time.Now().Add(d)
+	for {
+		s := seq.Load()
+		e.waiters.Add(1)
+		if cond() {
+			e.waiters.Add(^uint32(0))
+			return true
+		}
+		left := time.Until(deadline)
+		if left <= 0 {
+			e.waiters.Add(^uint32(0))
+			return false
+		}
+		futexWaitOn(e.mem, e.off+evSeq, s, left)
+		e.waiters.Add(^uint32(0))
+	}
+}

@@ -5,6 +5,7 @@ import (
 	"encoding/binary"
 	"errors"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 )
@@ -569,5 +570,34 @@ func TestConsumerFullRingReadAhead(t *testing.T) {
 				t.Fatalf("claim after release: %v", err)
 			}
 		})
+	}
+}
+
+// TestLocalEventWaitFor: a Signal ends WaitFor at once once its condition
+// holds; without one WaitFor returns false after its timeout.
+func TestLocalEventWaitFor(t *testing.T) {
+	ev := NewLocalEvent()
+	var flag atomic.Bool
+	start := time.Now()
+	if ev.WaitFor(30*time.Millisecond, flag.Load) {
+		t.Fatal("WaitFor returned true with its condition false")
+	}
+	if d := time.Since(start); d < 30*time.Millisecond {
+		t.Fatalf("WaitFor returned after %v, before its 30 ms timeout", d)
+	}
+	go func() {
+		time.Sleep(20 * time.Millisecond)
+		flag.Store(true)
+		ev.Signal()
+	}()
+	start = time.Now()
+	if !ev.WaitFor(10*time.Second, flag.Load) {
+		t.Fatal("WaitFor returned false after a Signal")
+	}
+	if d := time.Since(start); d > 2*time.Second {
+		t.Fatalf("a Signal after 20 ms ended WaitFor only after %v", d)
+	}
+	if n := ev.Waiters(); n != 0 {
+		t.Fatalf("%d waiters left", n)
 	}
 }

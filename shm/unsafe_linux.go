@@ -52,6 +52,13 @@ func u32At(mem []byte, off int) *atomic.Uint32 {
 	return (*atomic.Uint32)(unsafe.Pointer(&mem[off]))
 }
 
+// localWord returns 8 bytes of Go heap memory, 8-byte aligned, for an Event
+// used only inside this process (NewLocalEvent). Go's collector does not move
+// heap objects, and the returned slice keeps the word alive.
+func localWord() []byte {
+	return unsafe.Slice((*byte)(unsafe.Pointer(new(uint64))), 8)
+}
+
 // Futex operations. The segment is shared between processes, so these use the
 // shared (not FUTEX_PRIVATE_FLAG) variants: the kernel keys the wait queue by
 // the backing page, which every process mapping the file agrees on.

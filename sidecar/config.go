@@ -72,7 +72,9 @@ type Config struct {
 
 	// WALFlush (wal_flush_ms) is the group-commit interval: the WAL commits
 	// when its oldest pending frame is this old (or its pending bytes reach
-	// the writer's cap). It bounds the publish→durable latency. In files and
+	// the writer's cap), counting the time the frame waited in its ring
+	// for the drain loop. A frame is durable about this long after it was
+	// published plus the commit itself (a few ms on an SSD). In files and
 	// flags an integer is milliseconds. Zero means the preset's value (5, 1,
 	// 20, 10 ms).
 	WALFlush Duration

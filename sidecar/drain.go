@@ -12,7 +12,6 @@ import (
 	"github.com/framebus/framebus/schema"
 	"github.com/framebus/framebus/shm"
 	"github.com/framebus/framebus/wal"
-	"golang.org/x/sys/unix"
 )
 
 // idleWake bounds how long an idle drain loop sleeps.
@@ -26,7 +25,7 @@ const idleWake = time.Second
 func (s *Sidecar) drainLoop() {
 	defer close(s.drained)
 	d := &drainer{s: s, arena: make([]byte, 0, 1<<20), spin: shm.DefaultSpin}
-	d.pause = unix.NsecToTimespec(int64(batchPause(s.cfg)))
+	d.pause = batchPause(s.cfg)
 	if s.cfg.HighPerformanceMode {
 		// Poll longer before sleeping: a producer that commits again
 		// within this time costs no futex wake-up on either side.
@@ -80,7 +79,9 @@ func (s *Sidecar) drainLoop() {
 			// WAL append and its lock, and the cache lines it reads
 			// bounce between the cores). The pause is batch_flush_ms,
 			// at most a quarter of the commit interval.
-			unix.Nanosleep(&d.pause, nil)
+			// A commit cuts it short: its ring space is released at
+			// once, which is when drivers see their frames durable.
+			s.committed.WaitFor(d.pause, s.releasesPending.Load)
 		}
 		if total == 0 {
 			// Idle: sleep until a commit, a WAL commit or shutdown rings
@@ -164,6 +165,7 @@ func (s *Sidecar) applyReleases() {
 	}
 	rel := s.mu.releases
 	s.mu.releases = map[string]uint64{}
+	s.releasesPending.Store(false)
 	durable := s.mu.durable
 	byKey := make(map[string]*producer, len(s.mu.producers))
 	for _, p := range s.mu.producers {
@@ -187,7 +189,7 @@ type drainer struct {
 	arena     []byte
 	queueFull bool          // a ring's batch did not fit the WAL's memory queue this pass
 	spin      time.Duration // how long an idle pass polls before it sleeps
-	pause     unix.Timespec // the wait after a short pass (batchPause)
+	pause     time.Duration // the wait after a short pass (batchPause)
 }
 
 // batchPause is how long the drain loop lets the rings fill after a pass
@@ -242,6 +244,21 @@ func (d *drainer) drainRing(p *producer) int {
 		s.logRejected(p, rejected, reason)
 	}
 	end := p.cons.ReadPos()
+	// Everything this poll found was published after the last poll that
+	// read the ring to its end started, but not much before the previous
+	// pass (a ring that was idle for a while has new frames only): the
+	// WAL's commit interval counts from then, not from now.
+	since := t0
+	if !p.caughtUp.IsZero() {
+		since = p.caughtUp
+		if floor := t0.Add(-2 * d.pause); since.Before(floor) {
+			since = floor
+		}
+	}
+	if n < s.cfg.MaxBatchSize {
+		// (A failed append below seeks back and sets it again.)
+		p.caughtUp = t0
+	}
 	if end == start {
 		return n
 	}
@@ -249,11 +266,12 @@ func (d *drainer) drainRing(p *producer) int {
 		t1 := time.Now()
 		// Frames and the ring's new read position go into the same WAL
 		// transaction: a restarted sidecar resumes exactly after them.
-		last, err := s.wal.AppendFrom(p.key, end, d.frames...)
+		last, err := s.wal.AppendFromSince(p.key, end, since, d.frames...)
 		if err != nil {
 			// The WAL's memory queue is full (its disk is failing): leave
 			// the frames in the ring, where they are safe, and push back.
 			p.cons.Seek(start)
+			p.caughtUp = since
 			if !errors.Is(err, wal.ErrQueueFull) {
 				s.log.Error("WAL append failed", "err", err)
 			}

@@ -75,6 +75,11 @@ type Sidecar struct {
 	lostLog map[string]*lostLog // onCursorLost's rate limit
 	apiAddr string              // the HTTP API's listening address, "" if off
 	wake    shm.Event           // the segment's doorbell: the drain loop sleeps on it
+	// committed cuts the drain loop's batching pause short when a commit
+	// has ring space to release (releasesPending), so a driver learns
+	// that its frames are durable right away.
+	committed       shm.Event
+	releasesPending atomic.Bool
 	// ringsVersion changes whenever a ring is added: the drain loop,
 	// asleep with its list of rings, must take a new one.
 	ringsVersion atomic.Uint64
@@ -124,6 +129,10 @@ type producer struct {
 		frames uint64
 	}
 	stalledSince time.Time // since when its ring is Stalled (drain goroutine, checkStalled)
+	// caughtUp is when the last poll that read the ring to its end
+	// started (drain goroutine): what a later poll finds was published
+	// after it, so the WAL's commit interval can count from it.
+	caughtUp time.Time
 }
 
 func (p *producer) getState() producerState  { return producerState(p.state.Load()) }
@@ -179,6 +188,7 @@ func newSidecar(cfg Config, log *slog.Logger, hooks *wal.Hooks) (*Sidecar, error
 		return nil, err
 	}
 	s.wake = s.seg.Doorbell()
+	s.committed = shm.NewLocalEvent()
 	if err := s.resumeRings(); err != nil {
 		return nil, err
 	}
@@ -416,6 +426,10 @@ func (s *Sidecar) onCommit(c wal.Commit) {
 		s.lastDurable.Store(time.Now().UnixNano())
 	}
 	s.mu.Unlock()
+	if len(c.Positions) > 0 {
+		s.releasesPending.Store(true)
+		s.committed.Signal()
+	}
 	if s.seg.Flags()&shm.FlagDegraded != 0 {
 		s.seg.ClearFlags(shm.FlagDegraded)
 		s.log.Info("WAL writes work again; leaving degraded mode")

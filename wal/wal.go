@@ -5,6 +5,7 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"io/fs"
 	"maps"
 	"os"
 	"path/filepath"
@@ -134,7 +135,9 @@ type WAL struct {
 		backoff time.Duration
 		retryAt time.Time
 		cursors map[string]CursorInfo // cursors as of the last commit
+		sealed  []sealedRef           // precompress's scratch
 	}
+	precompressed atomic.Uint64 // segments precompress compressed (tests)
 
 	mu struct {
 		sync.Mutex
@@ -222,6 +225,14 @@ type segment struct {
 	storedLen int    // length of the value last stored (compressed or not); 0 if never
 	bodyCRC   uint32 // CRC32C of buf[segHeaderSize:crcLen]
 	crcLen    int
+	// pre is the value of the sealed segment S2-compressed ahead of its
+	// commit (precompress), header space included, covering buf[:preLen];
+	// preLen is 0 if there is none. preRaw: compression would not have
+	// made it smaller. preCRC is the CRC32C of the compressed area.
+	pre    []byte
+	preLen int
+	preRaw bool
+	preCRC uint32
 }
 
 // Open opens the WAL in opts.Dir, creating the directory and the file if
@@ -301,12 +312,8 @@ func Open(opts Options) (*WAL, error) {
 // already holds. A damaged file fails with an error wrapping ErrCorrupt.
 // totals, if not nil, receives what the check counted.
 func openChecked(name string, flag int, perm os.FileMode, exclusive bool, timeout time.Duration, totals *segTotals) (*os.File, error) {
-	f, err := os.OpenFile(name, flag, perm)
+	f, err := openLocked(name, flag, perm, exclusive, timeout)
 	if err != nil {
-		return nil, err
-	}
-	if err := lockFile(f, exclusive, timeout); err != nil {
-		f.Close()
 		return nil, err
 	}
 	fi, err := f.Stat()
@@ -326,6 +333,36 @@ func openChecked(name string, flag int, perm os.FileMode, exclusive bool, timeou
 		return nil, err
 	}
 	return f, nil
+}
+
+// openLocked opens name and takes its lock, waiting up to timeout. A file
+// that was replaced while this waited (framebus wal compact and recover
+// rename a new file over the old one before they let go of its lock) is
+// opened again: writing into the replaced file would lose the writes.
+func openLocked(name string, flag int, perm os.FileMode, exclusive bool, timeout time.Duration) (*os.File, error) {
+	deadline := time.Now().Add(timeout)
+	for {
+		f, err := os.OpenFile(name, flag, perm)
+		if err != nil {
+			return nil, err
+		}
+		if err := lockFile(f, exclusive, max(time.Until(deadline), 0)); err != nil {
+			f.Close()
+			return nil, err
+		}
+		held, err1 := f.Stat()
+		now, err2 := os.Stat(name)
+		if err1 == nil && err2 == nil && os.SameFile(held, now) {
+			return f, nil
+		}
+		f.Close()
+		if err := errors.Join(err1, err2); err != nil && !errors.Is(err2, fs.ErrNotExist) {
+			return nil, err
+		}
+		if time.Now().After(deadline) {
+			return nil, fmt.Errorf("%w: %s was replaced while this waited for its lock, again and again", ErrLocked, name)
+		}
+	}
 }
 
 // initialMmapSize maps the whole retained size (plus slack) up front, at
@@ -483,7 +520,7 @@ func checkFormat(meta *bolt.Bucket) error {
 // Frames drained from a ring should be appended with AppendFrom, which
 // commits them together with the ring's position.
 func (w *WAL) Append(fs ...Frame) (lastSeq uint64, err error) {
-	return w.append(fs, "", 0, false)
+	return w.append(fs, "", 0, false, time.Time{})
 }
 
 // AppendFrom appends frames like Append and, atomically with them, records
@@ -495,10 +532,20 @@ func (w *WAL) Append(fs ...Frame) (lastSeq uint64, err error) {
 // error nothing is queued and the position is not recorded.
 func (w *WAL) AppendFrom(source string, pos uint64, fs ...Frame) (lastSeq uint64, err error) {
 	checkSource(source)
-	return w.append(fs, source, pos, true)
+	return w.append(fs, source, pos, true, time.Time{})
 }
 
-func (w *WAL) append(fs []Frame, source string, pos uint64, withPos bool) (uint64, error) {
+// AppendFromSince is AppendFrom for frames that have been waiting since
+// (at the earliest) since, for example in a ring between two polls: the
+// commit interval (FlushInterval) then counts from since rather than from
+// this call, so the time the frames waited before it does not add to their
+// way to durable. A zero since, or one in the future, means now.
+func (w *WAL) AppendFromSince(source string, pos uint64, since time.Time, fs ...Frame) (lastSeq uint64, err error) {
+	checkSource(source)
+	return w.append(fs, source, pos, true, since)
+}
+
+func (w *WAL) append(fs []Frame, source string, pos uint64, withPos bool, since time.Time) (uint64, error) {
 	var need int64
 	for i := range fs {
 		n := len(fs[i].Data)
@@ -538,8 +585,13 @@ func (w *WAL) append(fs []Frame, source string, pos uint64, withPos bool) (uint6
 		w.setPosLocked(source, posOp{pos: pos})
 	}
 	kick := false
-	if w.mu.oldest.IsZero() {
-		w.mu.oldest = time.Now()
+	if now := time.Now(); since.IsZero() || since.After(now) {
+		since = now
+	}
+	if w.mu.oldest.IsZero() || since.Before(w.mu.oldest) {
+		// The first change since the last commit, or older than it:
+		// the writer recomputes when the next commit is due.
+		w.mu.oldest = since
 		kick = true
 	}
 	if batch := int64(w.batchBytes); pending < batch && pending+need >= batch {
@@ -597,7 +649,7 @@ func (w *WAL) releaseLocked(s *segment) {
 	if cap(s.buf) != w.segLimit || len(w.mu.free) >= w.maxFree {
 		return
 	}
-	*s = segment{buf: s.buf[:segHeaderSize]}
+	*s = segment{buf: s.buf[:segHeaderSize], pre: s.pre[:0]}
 	w.mu.free = append(w.mu.free, s)
 }
 

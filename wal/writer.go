@@ -8,6 +8,7 @@ import (
 
 	"github.com/klauspost/compress/s2"
 	bolt "go.etcd.io/bbolt"
+	"golang.org/x/sys/unix"
 )
 
 // batch is the writer's snapshot of what one commit writes, and the
@@ -52,6 +53,60 @@ type segRef struct {
 	put       bool // written by this commit
 }
 
+// preciseWait is how much of the wait for a commit the writer sleeps with
+// nanosleep instead of a Go timer.
+const preciseWait = 1500 * time.Microsecond
+
+// precompressEvery is how often the writer wakes up while a commit is
+// pending to compress the segments sealed meanwhile (precompress): often
+// enough that little is left for the commit, rarely enough to cost nothing
+// measurable.
+const precompressEvery = time.Millisecond
+
+// sealedRef is a sealed segment and its bytes, as precompress saw them
+// under the lock.
+type sealedRef struct {
+	s   *segment
+	buf []byte
+}
+
+// precompress S2-compresses the sealed segments that have no compressed
+// value yet (the writer's own fields; sealed segments no longer change),
+// so that the commit, which every pending frame waits for, does not spend
+// its time compressing. A commit uses a segment's value if it covers the
+// bytes the commit stores (compressed).
+func (w *WAL) precompress() {
+	if !w.opts.Compress {
+		return
+	}
+	todo := w.wr.sealed[:0]
+	w.mu.Lock()
+	for _, s := range w.mu.full {
+		if s.preLen != len(s.buf) && s.doneLen != len(s.buf) {
+			todo = append(todo, sealedRef{s, s.buf})
+		}
+	}
+	w.mu.Unlock()
+	for _, t := range todo {
+		area := t.buf[segHeaderSize:]
+		if len(area) > maxDecodedLen {
+			continue
+		}
+		s := t.s
+		need := segHeaderSize + s2.MaxEncodedLen(len(area))
+		if cap(s.pre) < need {
+			s.pre = make([]byte, need)
+		}
+		enc := s2.Encode(s.pre[segHeaderSize:need], area)
+		s.preLen, s.preRaw = len(t.buf), len(enc) >= len(area)
+		s.pre = s.pre[:segHeaderSize+len(enc)]
+		s.preCRC = crc32.Checksum(enc, castagnoli)
+		w.precompressed.Add(1)
+	}
+	clear(todo)
+	w.wr.sealed = todo[:0]
+}
+
 // run is the writer goroutine: it commits when the oldest change is
 // FlushInterval old, when MaxBatchBytes are pending or Flush asks, retries
 // failed commits with backoff, and exits when stopc is closed.
@@ -83,7 +138,23 @@ func (w *WAL) run() {
 		}
 		var tc <-chan time.Time
 		if dirty {
-			timer.Reset(due.Sub(now))
+			// Compress what the commit will write while waiting for it,
+			// then look again: the commit only has the open segment
+			// left to compress.
+			w.precompress()
+			now = time.Now()
+			wait := due.Sub(now)
+			if wait <= preciseWait {
+				// Go's timers can fire a millisecond late (an idle
+				// runtime polls in whole milliseconds), and every
+				// frame of the commit would wait that long too: the
+				// last stretch is slept in the kernel, to the
+				// microsecond. A kick meanwhile waits at most this.
+				ts := unix.NsecToTimespec(int64(wait))
+				unix.Nanosleep(&ts, nil)
+				continue
+			}
+			timer.Reset(min(wait-preciseWait, precompressEvery))
 			tc = timer.C
 		}
 		select {
@@ -328,6 +399,14 @@ func (w *WAL) compressed(b *batch, i int, r *segRef, nowNs int64) []byte {
 	area := r.buf[segHeaderSize:]
 	if !w.opts.Compress || len(area) > maxDecodedLen {
 		return nil
+	}
+	if s := r.s; s.preLen == len(r.buf) && s.preLen > 0 {
+		// Compressed ahead (precompress): only the header is new.
+		if s.preRaw {
+			return nil
+		}
+		writeHeaderFlags(s.pre, s.first, r.count, nowNs, s.preCRC, flagS2)
+		return s.pre
 	}
 	for len(b.cbufs) <= i {
 		b.cbufs = append(b.cbufs, nil)
