@@ -1,7 +1,6 @@
 package sidecar
 
 import (
-	"bytes"
 	"context"
 	"encoding/binary"
 	"errors"
@@ -18,7 +17,6 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/framebus/framebus/schema"
-	"github.com/framebus/framebus/schema/fb"
 	"github.com/framebus/framebus/shm"
 	"github.com/framebus/framebus/wal"
 )
@@ -622,55 +620,7 @@ func matchFrame(f *shm.Filter, kind schema.Kind, buf []byte) bool {
 	if len(f.Kinds) > 0 && !slices.Contains(f.Kinds, uint16(kind)) {
 		return false
 	}
-	if f.Producer == "" && f.Device == "" && f.Tag == "" {
-		return true
-	}
-	var producer, device []byte
-	var n int
-	var tag func(i int) []byte
-	switch kind {
-	case schema.KindData:
-		d := schema.RootDataFrame(buf)
-		producer, device, n = d.Producer(), d.Device(), d.PointsLength()
-		tag = func(i int) []byte {
-			var p fb.Point
-			d.Points(&p, i)
-			return p.Tag()
-		}
-	case schema.KindCommand:
-		c := schema.RootCommand(buf)
-		producer, device, n = c.Target(), c.Device(), c.PointsLength()
-		tag = func(i int) []byte {
-			var p fb.Point
-			c.Points(&p, i)
-			return p.Tag()
-		}
-	case schema.KindAck:
-		a := schema.RootCommandAck(buf)
-		n = a.ReadbackLength()
-		tag = func(i int) []byte {
-			var p fb.Point
-			a.Readback(&p, i)
-			return p.Tag()
-		}
-	default:
-		return false
-	}
-	if f.Producer != "" && !bytes.Equal(producer, []byte(f.Producer)) {
-		return false
-	}
-	if f.Device != "" && !bytes.Equal(device, []byte(f.Device)) {
-		return false
-	}
-	if f.Tag == "" {
-		return true
-	}
-	for i := 0; i < n; i++ {
-		if ok, _ := path.Match(f.Tag, string(tag(i))); ok {
-			return true
-		}
-	}
-	return false
+	return schema.Match(kind, buf, f.Producer, f.Device, f.Tag)
 }
 
 func filterString(f shm.Filter) string {

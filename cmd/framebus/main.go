@@ -23,8 +23,9 @@ Usage:
                             them (framebus tail -h)
   framebus cmd [flags]      send a command to a driver and print its stages
                             (framebus cmd -h)
-  framebus wal stats|verify|recover
-                            inspect a WAL offline; rebuild a damaged one
+  framebus wal stats|dump|verify|compact|recover
+                            inspect, dump or compact a WAL offline; rebuild a
+                            damaged one (framebus wal help)
   framebus uplink status    the NATS JetStream uplink's state
   framebus demo [flags]     a sidecar and simulated drivers for 20 s, with live
                             throughput (framebus demo -h)

@@ -8,6 +8,7 @@ import (
 	"io"
 	"os"
 	"path/filepath"
+	"slices"
 	"sort"
 
 	"github.com/framebus/framebus/wal"
@@ -15,41 +16,52 @@ import (
 
 const walUsage = `Usage:
   framebus wal stats   --wal-dir DIR [--name N] [--json]  frames, bytes, sequence range, frames per producer
+  framebus wal dump    --wal-dir DIR [--name N] [--from SEQ] [--to SEQ] [--limit K]
+                       [--producer P] [--device D] [--tag GLOB] [--kind data|command|ack]
+                                                          print the frames, in order, one JSON object a
+                                                          line, as framebus tail --json does (docs/json.md)
   framebus wal verify  --wal-dir DIR [--name N]           check every page, every segment's checksum and
                                                           the sequence; exit status 1 if anything is damaged
+  framebus wal compact --wal-dir DIR [--name N] [--keep-backup]
+                                                          rewrite the file with only what it holds (bbolt
+                                                          files never shrink by themselves); refuses a
+                                                          damaged WAL; --keep-backup keeps the old file as
+                                                          framebus.wal.bak-TIME
   framebus wal recover --wal-dir DIR [--name N]           if the WAL is damaged, move the file aside and
                                                           rebuild it from every intact segment (what
                                                           framebus run --wal-recover does at start)
 
 DIR is the directory holding framebus.wal, or the sidecar's wal_dir (the WAL of
 bus N is then DIR/N). Run them while the sidecar is stopped: the WAL file is
-locked while it runs. docs/wal-recovery.md explains damage and recovery.
+locked while it runs (framebus tail reads a running bus). dump and compact draw
+a progress bar on stderr when it is a terminal. docs/wal-tools.md describes the
+tools, docs/wal-recovery.md damage and recovery.
 `
 
 func walMain(args []string, stdout, stderr io.Writer) int {
-	if len(args) == 0 || (args[0] != "stats" && args[0] != "verify" && args[0] != "recover") {
+	if len(args) > 0 && (args[0] == "help" || args[0] == "-h" || args[0] == "--help") {
+		fmt.Fprint(stdout, walUsage)
+		return 0
+	}
+	if len(args) == 0 || !slices.Contains([]string{"stats", "dump", "verify", "compact", "recover"}, args[0]) {
 		fmt.Fprint(stderr, walUsage)
 		return 2
 	}
+	switch args[0] {
+	case "dump":
+		return walDumpMain(args[1:], stdout, stderr)
+	case "compact":
+		return walCompactMain(args[1:], stdout, stderr)
+	}
 	fs := flag.NewFlagSet("framebus wal "+args[0], flag.ContinueOnError)
-	fs.SetOutput(stderr)
-	dir := fs.String("wal-dir", os.Getenv("FRAMEBUS_WAL_DIR"), "WAL directory (see above)")
-	name := fs.String("name", "default", "bus name, when --wal-dir is the sidecar's wal_dir")
+	dirFlag := walDirFlags(fs, stderr)
 	asJSON := fs.Bool("json", false, "print JSON (stats)")
-	fs.Usage = func() { fmt.Fprint(stderr, walUsage); fs.PrintDefaults() }
-	if err := fs.Parse(args[1:]); err != nil {
-		if errors.Is(err, flag.ErrHelp) {
-			return 0
-		}
-		return 2
+	if code, ok := parseWALFlags(fs, args[1:], stderr); !ok {
+		return code
 	}
-	if *dir == "" {
-		fmt.Fprintln(stderr, "framebus wal: --wal-dir is required")
+	d, ok := dirFlag.resolve("framebus wal "+args[0], stderr)
+	if !ok {
 		return 2
-	}
-	d := *dir
-	if _, err := os.Stat(filepath.Join(d, "framebus.wal")); err != nil {
-		d = filepath.Join(d, *name)
 	}
 	switch args[0] {
 	case "stats":
@@ -95,6 +107,50 @@ func walMain(args []string, stdout, stderr io.Writer) int {
 		fmt.Fprintln(stdout, "ok")
 		return 0
 	}
+}
+
+// walDir is the --wal-dir and --name flags of the wal commands.
+type walDir struct{ dir, name *string }
+
+// walDirFlags defines --wal-dir and --name on fs, and its usage text.
+func walDirFlags(fs *flag.FlagSet, stderr io.Writer) walDir {
+	fs.SetOutput(stderr)
+	fs.Usage = func() { fmt.Fprint(stderr, walUsage, "\nFlags of ", fs.Name(), ":\n"); fs.PrintDefaults() }
+	return walDir{
+		dir:  fs.String("wal-dir", os.Getenv("FRAMEBUS_WAL_DIR"), "WAL directory (see above; default $FRAMEBUS_WAL_DIR)"),
+		name: fs.String("name", "default", "bus name, when --wal-dir is the sidecar's wal_dir"),
+	}
+}
+
+// parseWALFlags parses args into fs; ok false means: return code (0
+// after -h, 2 after a usage error, which it reported).
+func parseWALFlags(fs *flag.FlagSet, args []string, stderr io.Writer) (code int, ok bool) {
+	if err := fs.Parse(args); err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			return 0, false
+		}
+		return 2, false
+	}
+	if fs.NArg() > 0 {
+		fmt.Fprintf(stderr, "%s: unexpected argument %q (see -h)\n", fs.Name(), fs.Arg(0))
+		return 2, false
+	}
+	return 0, true
+}
+
+// resolve returns the directory of the WAL file: --wal-dir if it holds
+// framebus.wal, else --wal-dir/--name (the sidecar's layout). ok is false
+// (reported) without --wal-dir.
+func (w walDir) resolve(cmd string, stderr io.Writer) (dir string, ok bool) {
+	if *w.dir == "" {
+		fmt.Fprintln(stderr, cmd+": --wal-dir is required")
+		return "", false
+	}
+	dir = *w.dir
+	if _, err := os.Stat(filepath.Join(dir, wal.FileName)); err != nil {
+		dir = filepath.Join(dir, *w.name)
+	}
+	return dir, true
 }
 
 // walRecover is `framebus wal recover`: wal.Recover and its report.
