@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"runtime"
 	"slices"
 	"strconv"
 	"strings"
@@ -24,7 +25,7 @@ const idleWake = time.Second
 // nothing to do it sleeps on the segment's doorbell.
 func (s *Sidecar) drainLoop() {
 	defer close(s.drained)
-	d := &drainer{s: s, arena: make([]byte, 0, 1<<20), spin: shm.DefaultSpin}
+	d := &drainer{s: s, arena: make([]byte, 0, 1<<20), spin: idleSpin()}
 	d.pause = batchPause(s.cfg)
 	if s.cfg.HighPerformanceMode {
 		// Poll longer before sleeping: a producer that commits again
@@ -198,6 +199,19 @@ type drainer struct {
 // publish-to-durable latency.
 func batchPause(c Config) time.Duration {
 	return min(c.BatchFlush.Duration, c.WALFlush.Duration/4)
+}
+
+// idleSpin is how long an idle drain loop polls the rings before it sleeps
+// on the doorbell: shm.DefaultSpin, or nothing on a machine of two cores
+// or fewer, where the spinning thread takes the core that the drivers,
+// subscribers and the WAL writer need. Measured on 2 cores (make
+// bench-sub): command round trip p99 2.4 → 0.8 ms and live p50 158 → 108 µs
+// without the spin, and durable ingest within the run-to-run noise.
+func idleSpin() time.Duration {
+	if runtime.GOMAXPROCS(0) <= 2 {
+		return 0
+	}
+	return shm.DefaultSpin
 }
 
 // highPerformanceSpin is the idle poll of high_performance_mode.

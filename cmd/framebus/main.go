@@ -9,6 +9,7 @@ import (
 	"os"
 	"runtime/debug"
 	"runtime/pprof"
+	"runtime/trace"
 )
 
 const usage = `framebus — shared-memory message bus for multiprocess IoT gateways
@@ -35,6 +36,8 @@ Usage:
 Environment:
   FRAMEBUS_CPUPROFILE=PREFIX  write a CPU profile of the command to
                               PREFIX.COMMAND.PID (for go tool pprof)
+  FRAMEBUS_TRACE=PREFIX       write an execution trace of the command to
+                              PREFIX.COMMAND.PID (for go tool trace)
 `
 
 func main() {
@@ -42,29 +45,51 @@ func main() {
 }
 
 // profiled runs the command under a CPU profile when FRAMEBUS_CPUPROFILE
-// names a file prefix: the profile goes to PREFIX.COMMAND.PID (for
-// `go tool pprof`), so that a sidecar and its drivers can be profiled in
-// the same run.
+// names a file prefix, and under an execution trace when FRAMEBUS_TRACE
+// does: each goes to PREFIX.COMMAND.PID (for `go tool pprof` and `go tool
+// trace`), so that a sidecar and its drivers can be profiled in the same
+// run.
 func profiled(args []string, stdout, stderr io.Writer) int {
-	prefix := os.Getenv("FRAMEBUS_CPUPROFILE")
-	if prefix == "" || len(args) == 0 {
+	if len(args) == 0 {
 		return run(args, stdout, stderr)
 	}
-	name := fmt.Sprintf("%s.%s.%d", prefix, args[0], os.Getpid())
-	f, err := os.Create(name)
-	if err != nil {
-		fmt.Fprintf(stderr, "framebus: FRAMEBUS_CPUPROFILE: %v\n", err)
-		return 1
+	type recorder struct {
+		env   string
+		start func(io.Writer) error
+		stop  func()
 	}
-	if err := pprof.StartCPUProfile(f); err != nil {
-		fmt.Fprintf(stderr, "framebus: FRAMEBUS_CPUPROFILE: %v\n", err)
-		f.Close()
-		return 1
+	var stops []func()
+	for _, r := range []recorder{
+		{"FRAMEBUS_CPUPROFILE", pprof.StartCPUProfile, pprof.StopCPUProfile},
+		{"FRAMEBUS_TRACE", trace.Start, trace.Stop},
+	} {
+		prefix := os.Getenv(r.env)
+		if prefix == "" {
+			continue
+		}
+		f, err := os.Create(fmt.Sprintf("%s.%s.%d", prefix, args[0], os.Getpid()))
+		if err == nil {
+			if err = r.start(f); err != nil {
+				f.Close()
+			}
+		}
+		if err != nil {
+			fmt.Fprintf(stderr, "framebus: %s: %v\n", r.env, err)
+			for _, stop := range stops {
+				stop()
+			}
+			return 1
+		}
+		stops = append(stops, func() {
+			r.stop()
+			if err := f.Close(); err != nil {
+				fmt.Fprintf(stderr, "framebus: %s: %v\n", r.env, err)
+			}
+		})
 	}
 	code := run(args, stdout, stderr)
-	pprof.StopCPUProfile()
-	if err := f.Close(); err != nil {
-		fmt.Fprintf(stderr, "framebus: FRAMEBUS_CPUPROFILE: %v\n", err)
+	for _, stop := range stops {
+		stop()
 	}
 	return code
 }
