@@ -32,6 +32,7 @@ func demoMain(args []string, stdout, stderr io.Writer) int {
 	preset := fs.String("preset", "default", "sidecar preset")
 	modbus := fs.String("modbus", "auto", "the Modbus part: on, off, or auto (on if framebus-modbus is found)")
 	throughput := fs.Bool("throughput", true, "the throughput part (--drivers, --duration, --points, --rate)")
+	walMax := fs.String("wal-max-bytes", "1GiB", "the demo sidecar's wal_max_bytes: retention keeps its WAL about this size (the presets allow GiBs, which 20 s at full speed fill)")
 	fs.Usage = func() {
 		fmt.Fprint(stderr, `Usage: framebus demo [flags]
 
@@ -69,7 +70,7 @@ Flags:
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
 	if err := demo(ctx, stdout, stderr, demoOpts{drivers: *drivers, duration: *duration, points: *points, rate: *rate, dir: *dir, shmDir: *shmDir, preset: *preset,
-		modbus: *modbus, throughput: *throughput}); err != nil {
+		modbus: *modbus, throughput: *throughput, walMax: *walMax}); err != nil {
 		fmt.Fprintln(stderr, "framebus demo:", err)
 		return 1
 	}
@@ -87,6 +88,7 @@ type demoOpts struct {
 	// modbus is on, off or auto (on if framebus-modbus is found).
 	modbus     string
 	throughput bool
+	walMax     string // --wal-max-bytes of the sidecar
 }
 
 func demo(ctx context.Context, out, errw io.Writer, o demoOpts) error {
@@ -111,13 +113,17 @@ func demo(ctx context.Context, out, errw io.Writer, o demoOpts) error {
 	}
 	name := "demo-" + strconv.Itoa(os.Getpid())
 	runDir, walDir := filepath.Join(base, "run"), filepath.Join(base, "wal")
-	metrics := freeAddr()
+	metrics, httpAddr := freeAddr(), freeAddr()
 	sidecarLog, err := os.Create(filepath.Join(base, "sidecar.log"))
 	if err != nil {
 		return err
 	}
 	defer sidecarLog.Close()
-	sc := exec.Command(exe, "run", "--name", name, "--preset", o.preset, "--shm-dir", o.shmDir, "--run-dir", runDir, "--wal-dir", walDir, "--metrics-addr", metrics, "--http-addr", "off")
+	args := []string{"run", "--name", name, "--preset", o.preset, "--shm-dir", o.shmDir, "--run-dir", runDir, "--wal-dir", walDir, "--metrics-addr", metrics, "--http-addr", httpAddr}
+	if o.walMax != "" {
+		args = append(args, "--wal-max-bytes", o.walMax)
+	}
+	sc := exec.Command(exe, args...)
 	sc.Stdout, sc.Stderr = sidecarLog, sidecarLog
 	sc.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
 	if err := sc.Start(); err != nil {
@@ -147,7 +153,8 @@ func demo(ctx context.Context, out, errw io.Writer, o demoOpts) error {
 		time.Sleep(20 * time.Millisecond)
 	}
 	fmt.Fprintf(out, "framebus demo: sidecar on bus %q (preset %s)\n", name, o.preset)
-	fmt.Fprintf(out, "  metrics: http://%s/metrics   sidecar log: %s\n", metrics, sidecarLog.Name())
+	fmt.Fprintf(out, "  metrics: http://%s/metrics   status: http://%s/v1/status   sidecar log: %s\n", metrics, httpAddr, sidecarLog.Name())
+	fmt.Fprintf(out, "  watch it in another terminal: %s stat --name %s --metrics-addr %s --http-addr %s\n", statExe(exe), name, metrics, httpAddr)
 	if modbus != "" {
 		if err := demoModbus(ctx, out, exe, modbus, base, name, runDir); err != nil && ctx.Err() == nil {
 			return fmt.Errorf("the Modbus part: %w", err)
@@ -268,4 +275,16 @@ func freeAddr() string {
 	}
 	defer ln.Close()
 	return ln.Addr().String()
+}
+
+// statExe is how the demo names this executable in the framebus stat line it
+// prints: relative to the working directory when it is below it (make demo
+// runs bin/framebus), else its path.
+func statExe(exe string) string {
+	if wd, err := os.Getwd(); err == nil {
+		if rel, err := filepath.Rel(wd, exe); err == nil && !strings.HasPrefix(rel, "..") {
+			return rel
+		}
+	}
+	return exe
 }

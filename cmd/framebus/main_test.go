@@ -24,7 +24,7 @@ func TestDemo(t *testing.T) {
 		t.Fatalf("demo exited %d\nstdout:\n%s\nstderr:\n%s", code, out.String(), errb.String())
 	}
 	s := out.String()
-	for _, want := range []string{"durable frames/s", "driver 1: published", "driver 2: published", "WAL ", "framebus wal stats"} {
+	for _, want := range []string{"durable frames/s", "driver 1: published", "driver 2: published", "WAL ", "framebus wal stats", " stat --name demo-", "/v1/status"} {
 		if !strings.Contains(s, want) {
 			t.Fatalf("demo output lacks %q:\n%s", want, s)
 		}
