@@ -523,22 +523,34 @@ func (c *Consumer) Wait(ctx context.Context, spin time.Duration) bool {
 // ring, and the read position stays at that record. Records before it were
 // delivered.
 func (c *Consumer) Poll(max int, fn func(Record)) (int, error) {
+	return c.PollBytes(max, 0, fn)
+}
+
+// PollBytes is Poll with a byte budget as well: it stops before a record
+// that would take the span it delivers (records with their headers and
+// alignment) past maxBytes, but always delivers at least one record, so a
+// record larger than the budget is not stuck. maxBytes <= 0: no budget.
+func (c *Consumer) PollBytes(max, maxBytes int, fn func(Record)) (int, error) {
 	if max <= 0 {
 		max = int(^uint(0) >> 1)
 	}
+	budget := uint64(0)
+	if maxBytes > 0 {
+		budget = uint64(maxBytes)
+	}
 	if c.multi {
-		return c.pollMulti(max, fn)
+		return c.pollMulti(max, budget, fn)
 	}
 	start := c.lread
 	// Nothing at or past head+capacity is this lap's: in a full ring the
 	// position after the tail holds the first record read but not yet
 	// released.
-	end, n, err := c.scanSpan(start, c.lhead+c.r.cap, max, fn)
+	end, n, err := c.scanSpan(start, c.lhead+c.r.cap, max, budget, fn)
 	c.lread = end
 	return n, err
 }
 
-func (c *Consumer) pollMulti(max int, fn func(Record)) (int, error) {
+func (c *Consumer) pollMulti(max int, budget uint64, fn func(Record)) (int, error) {
 	for {
 		// A consistent snapshot: the read position as it was while the
 		// head stood still (other members move both all the time).
@@ -552,7 +564,7 @@ func (c *Consumer) pollMulti(max int, fn func(Record)) (int, error) {
 		}
 		// Scan without delivering first: the records are ours only once
 		// the claim succeeds. Never past head+capacity (see Poll).
-		end, _, err := c.scanSpan(start, h+c.r.cap, max, nil)
+		end, _, err := c.scanSpan(start, h+c.r.cap, max, budget, nil)
 		if c.rd.Load() != start {
 			// Another member claimed from start meanwhile; what we
 			// scanned may already be released and rewritten.
@@ -571,15 +583,17 @@ func (c *Consumer) pollMulti(max int, fn func(Record)) (int, error) {
 		// scan; a producer cannot change a committed record of a correct
 		// ring, and a hostile one only breaks its own frames: scan
 		// re-validates as it goes and stops at the span's end.
-		_, n, _ := c.scanSpan(start, end, max, fn)
+		_, n, _ := c.scanSpan(start, end, max, 0, fn)
 		return n, err
 	}
 }
 
 // scanSpan walks committed records from start, calling fn (if not nil) for
 // up to max non-padding records, and returns the position after the last
-// record walked; no record may end past limit.
-func (c *Consumer) scanSpan(start, limit uint64, max int, fn func(Record)) (uint64, int, error) {
+// record walked; no record may end past limit. With budget > 0 it stops
+// before a record that would end more than budget bytes after start,
+// unless nothing was walked yet.
+func (c *Consumer) scanSpan(start, limit uint64, max int, budget uint64, fn func(Record)) (uint64, int, error) {
 	r := c.r
 	pos := start
 	n := 0
@@ -602,6 +616,9 @@ func (c *Consumer) scanSpan(start, limit uint64, max int, fn func(Record)) (uint
 		}
 		if pos+al > limit {
 			return pos, n, r.corrupt(pos, "record of %d bytes ends at %d, past its claim %d", l, pos+al, limit)
+		}
+		if budget > 0 && pos > start && pos+al-start > budget {
+			break // the byte budget (PollBytes); at least one record went
 		}
 		if typ != TypePadding {
 			if fn != nil {

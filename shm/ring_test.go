@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/binary"
 	"errors"
+	"fmt"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -599,5 +600,58 @@ func TestLocalEventWaitFor(t *testing.T) {
 	}
 	if n := ev.Waiters(); n != 0 {
 		t.Fatalf("%d waiters left", n)
+	}
+}
+
+// TestPollBytesBudget: PollBytes stops before the record that would take
+// its span past the byte budget, always delivers at least one record (one
+// larger than the budget is not stuck), and the next poll goes on where it
+// stopped; on SPSC and on shared MPMC consumers alike.
+func TestPollBytesBudget(t *testing.T) {
+	for _, kind := range []RingKind{KindIngressSPSC, KindIngressMPMC} {
+		t.Run(kind.String(), func(t *testing.T) {
+			s := newSegment(t, 1<<20)
+			r := newRing(t, s, kind, 1<<16)
+			p := mustProducer(t, r, 1)
+			var c *Consumer
+			if kind == KindIngressMPMC {
+				var err error
+				if c, err = r.SharedConsumer(); err != nil {
+					t.Fatal(err)
+				}
+			} else {
+				c = mustConsumer(t, r)
+			}
+			// Payload sizes: 3 × 100 B, one of 2000 B, 2 × 100 B.
+			sizes := []int{100, 100, 100, 2000, 100, 100}
+			for i, n := range sizes {
+				cl, err := p.Claim(7, n)
+				if err != nil {
+					t.Fatal(err)
+				}
+				binaryPut(cl.Buf, uint64(i))
+				p.Commit(cl)
+			}
+			recLen := func(n int) int { return int(align8(uint64(RecordHeaderSize + n))) }
+			budget := 3 * recLen(100) // three small records exactly
+			var got [][]int
+			for range 4 {
+				var batch []int
+				n, err := c.PollBytes(0, budget, func(rec Record) { batch = append(batch, len(rec.Payload)) })
+				if err != nil {
+					t.Fatal(err)
+				}
+				if n != len(batch) {
+					t.Fatalf("PollBytes returned %d, delivered %d", n, len(batch))
+				}
+				if n > 0 {
+					got = append(got, batch)
+				}
+			}
+			want := [][]int{{100, 100, 100}, {2000}, {100, 100}}
+			if fmt.Sprint(got) != fmt.Sprint(want) {
+				t.Fatalf("batches %v, want %v (budget %d bytes)", got, want, budget)
+			}
+		})
 	}
 }

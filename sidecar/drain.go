@@ -201,6 +201,18 @@ func batchPause(c Config) time.Duration {
 	return min(c.BatchFlush.Duration, c.WALFlush.Duration/4)
 }
 
+// drainBudget bounds the bytes one drain pass takes from a ring (besides
+// max_batch_size frames): a quarter of max_memory_bytes, so that a pass of
+// large frames fits the WAL's memory queue while it is up to three
+// quarters full (a pass of max_batch_size frames of 4 KiB or more would
+// not fit even an empty queue at the default 8 MiB, and would be retried
+// forever).
+func drainBudget(c Config) int { return int(c.MaxMemoryBytes / 4) }
+
+// maxWALFrame is the largest frame the WAL's memory queue can take at all
+// (its entry header counted).
+func maxWALFrame(c Config) int { return int(c.MaxMemoryBytes) - wal.EntryHeaderSize }
+
 // idleSpin is how long an idle drain loop polls the rings before it sleeps
 // on the doorbell: shm.DefaultSpin, or nothing on a machine of two cores
 // or fewer, where the spinning thread takes the core that the drivers,
@@ -228,7 +240,14 @@ func (d *drainer) drainRing(p *producer) int {
 	start := p.cons.ReadPos()
 	var rejected uint64
 	var reason string
-	n, err := p.cons.Poll(s.cfg.MaxBatchSize, func(rec shm.Record) {
+	n, err := p.cons.PollBytes(s.cfg.MaxBatchSize, drainBudget(s.cfg), func(rec shm.Record) {
+		if len(rec.Payload) > maxWALFrame(s.cfg) {
+			// The WAL's memory queue could never take it: refused like
+			// a frame that fails verification, or the ring would stall.
+			rejected++
+			reason = fmt.Sprintf("frame of %d bytes is larger than max_memory_bytes (%d) allows", len(rec.Payload), s.cfg.MaxMemoryBytes)
+			return
+		}
 		// Copy before verifying: the driver can still write the ring.
 		off := len(d.arena)
 		d.arena = append(d.arena, rec.Payload...)
@@ -383,7 +402,7 @@ func (s *Sidecar) housekeeping(ps []*producer, queueFull bool) {
 		// A notice that does not go out (the driver does not read its
 		// socket) is not lost: the next one carries its count too.
 		if r := p.rejected.Load(); r > p.notified &&
-			s.notify(p, &shm.Message{Op: shm.OpRejected, Count: r - p.notified, Message: "frames failed schema verification"}) {
+			s.notify(p, &shm.Message{Op: shm.OpRejected, Count: r - p.notified, Message: "frames rejected; the last: " + p.rejectLog.reason}) {
 			p.notified = r
 		}
 		switch p.getState() {

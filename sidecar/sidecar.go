@@ -127,6 +127,7 @@ type producer struct {
 	rejectLog struct {
 		at     time.Time
 		frames uint64
+		reason string // the last rejection's, also for the driver's notice
 	}
 	stalledSince time.Time // since when its ring is Stalled (drain goroutine, checkStalled)
 	// caughtUp is when the last poll that read the ring to its end

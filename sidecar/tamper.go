@@ -74,6 +74,7 @@ func (s *Sidecar) checkStalled(p *producer, now time.Time) {
 // rejectLogEvery per driver, with the count since its last line.
 func (s *Sidecar) logRejected(p *producer, n uint64, reason string) {
 	p.rejectLog.frames += n
+	p.rejectLog.reason = reason
 	if time.Since(p.rejectLog.at) < rejectLogEvery {
 		return
 	}

@@ -217,3 +217,8 @@ func (o *Options) Validate() error {
 	}
 	return fmt.Errorf("%w: %s", ErrConfig, strings.Join(p, "; "))
 }
+
+// EntryHeaderSize is what a frame takes in the WAL's memory queue (and in a
+// segment) besides its bytes: a frame of n bytes needs n + EntryHeaderSize
+// of Options.MaxMemoryBytes (ErrFrameTooLarge beyond it).
+const EntryHeaderSize = entryHeaderSize
