@@ -104,6 +104,10 @@ bench-e2e: ## End-to-end durable ingest (driver process → sidecar → WAL) vs 
 	$(GO) test -run '^$$' -bench EndToEnd -count $(E2EBENCHCOUNT) -timeout 60m ./test | tee $(E2EBENCHOUT)
 	$(GO) run ./cmd/benchreport < $(E2EBENCHOUT)
 
+.PHONY: bench-report
+bench-report: build ## framebus bench: the standard scenarios against the real binaries, peers in the same run (about 2 minutes; idle machine): docs/bench.md and docs/bench-*.png.
+	$(BIN)/framebus bench --out docs
+
 chaos: ## The reliability suite at full counts (TestChaos*: 50 sidecar kills, 200 driver kills, hostile client, disk faults, access control), race on; one CHAOS line per fault, log in $(CHAOSOUT).
 	@$(GO) test -race -count 1 -timeout 60m -v -run 'Chaos' ./test ./sidecar -chaos.full > $(CHAOSOUT) 2>&1; rc=$$?; \
 	grep -E -- '--- FAIL|^FAIL' $(CHAOSOUT); grep '^CHAOS' $(CHAOSOUT); \

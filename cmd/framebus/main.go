@@ -30,6 +30,8 @@ Usage:
   framebus uplink status    the NATS JetStream uplink's state
   framebus demo [flags]     a sidecar and simulated drivers for 20 s, with live
                             throughput (framebus demo -h)
+  framebus bench [flags]    run the standard benchmarks (ingest, latency, live) with
+                            their peers; writes docs/bench.md and plots (framebus bench -h)
   framebus version         print the version
   framebus help            print this help
 
@@ -116,6 +118,8 @@ func run(args []string, stdout, stderr io.Writer) int {
 		return uplinkMain(args[1:], stdout, stderr)
 	case "demo":
 		return demoMain(args[1:], stdout, stderr)
+	case "bench":
+		return benchMain(args[1:], stdout, stderr)
 	case "version", "--version":
 		fmt.Fprintln(stdout, "framebus", version())
 		return 0
