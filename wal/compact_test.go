@@ -206,14 +206,7 @@ func unchanged(tb testing.TB, dir string, old []byte) {
 func TestCompactRefusesDamaged(t *testing.T) {
 	dir := writeWAL(t, 500)
 	key := segmentKeys(t, dir)[3]
-	tamper(t, dir, func(tx *bolt.Tx) error {
-		b := tx.Bucket(bucketSegments)
-		var k [8]byte
-		putKey(k[:], key)
-		v := bytes.Clone(b.Get(k[:]))
-		v[len(v)/2] ^= 0x10
-		return b.Put(k[:], v)
-	})
+	flipSegmentByte(t, dir, key)
 	old := readFile(t, dir)
 	_, err := Compact(dir, CompactOptions{})
 	if !errors.Is(err, ErrCorrupt) || !strings.Contains(err.Error(), "framebus wal recover") || !strings.Contains(err.Error(), fmt.Sprintf("segment %d", key)) {

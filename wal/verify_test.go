@@ -68,6 +68,20 @@ func tamper(tb testing.TB, dir string, fn func(tx *bolt.Tx) error) {
 	}
 }
 
+// flipSegmentByte flips a bit in the middle of the stored value of the
+// segment whose key is key.
+func flipSegmentByte(tb testing.TB, dir string, key uint64) {
+	tb.Helper()
+	tamper(tb, dir, func(tx *bolt.Tx) error {
+		b := tx.Bucket(bucketSegments)
+		var k [8]byte
+		putKey(k[:], key)
+		v := bytes.Clone(b.Get(k[:]))
+		v[len(v)/2] ^= 0x10
+		return b.Put(k[:], v)
+	})
+}
+
 // wantProblem checks that Verify fails with ErrCorrupt and reports a
 // problem containing every one of parts.
 func wantProblem(tb testing.TB, dir string, parts ...string) Report {
@@ -108,14 +122,7 @@ func TestVerifyClean(t *testing.T) {
 func TestVerifyDetectsFlippedValueByte(t *testing.T) {
 	dir := writeWAL(t, 500)
 	key := segmentKeys(t, dir)[3]
-	tamper(t, dir, func(tx *bolt.Tx) error {
-		b := tx.Bucket(bucketSegments)
-		var k [8]byte
-		putKey(k[:], key)
-		v := bytes.Clone(b.Get(k[:]))
-		v[len(v)/2] ^= 0x10
-		return b.Put(k[:], v)
-	})
+	flipSegmentByte(t, dir, key)
 	wantProblem(t, dir, fmt.Sprintf("segment %d:", key), "crc32c")
 
 	// The running WAL refuses to hand out the damaged frames.

@@ -6,7 +6,6 @@ import (
 	"flag"
 	"fmt"
 	"io"
-	"math"
 	"net"
 	"os"
 	"os/exec"
@@ -79,12 +78,7 @@ func benchSocketWriter(sock string, points, count int) error {
 		return fmt.Errorf("waiting for the go byte: %w", err)
 	}
 	for seq := 0; seq < count; seq++ {
-		tpl.SetSeq(uint64(seq))
-		now := time.Now().UnixNano()
-		for i := 0; i < points; i++ {
-			tpl.SetF64(i, math.Sin(float64(seq+i)/100))
-			tpl.SetTs(i, now)
-		}
+		fillSynthetic(tpl, uint64(seq), points)
 		if _, err := conn.Write(tpl.Bytes()); err != nil {
 			return fmt.Errorf("write %d: %w", seq, err)
 		}
@@ -337,12 +331,7 @@ func (j *benchJetStream) run(ctx context.Context, points, count int) (float64, e
 	start := time.Now()
 	for seq := 0; seq < count; seq++ {
 		// The same work per frame as framebus publish.
-		tpl.SetSeq(uint64(seq))
-		now := time.Now().UnixNano()
-		for i := 0; i < points; i++ {
-			tpl.SetF64(i, math.Sin(float64(seq+i)/100))
-			tpl.SetTs(i, now)
-		}
+		fillSynthetic(tpl, uint64(seq), points)
 		if _, err := j.js.PublishAsync("bench.data", tpl.Bytes()); err != nil {
 			return 0, fmt.Errorf("PublishAsync of message %d: %w", seq, err)
 		}

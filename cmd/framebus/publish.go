@@ -165,12 +165,7 @@ func publish(ctx context.Context, out io.Writer, cfg client.Config, device strin
 			}
 			next = next.Add(interval)
 		}
-		tpl.SetSeq(seq)
-		now := time.Now().UnixNano()
-		for i := 0; i < points; i++ {
-			tpl.SetF64(i, math.Sin(float64(seq+uint64(i))/100))
-			tpl.SetTs(i, now)
-		}
+		fillSynthetic(tpl, seq, points)
 		if err := pub.Publish(ctx, tpl.Bytes()); err != nil {
 			if ctx.Err() != nil {
 				break
@@ -491,5 +486,17 @@ func readJSONFrames(ctx context.Context, in io.Reader, skipBad bool, warn io.Wri
 			return res, fmt.Errorf("line %d: publish: %w", p.n, err)
 		}
 		res.frames++
+	}
+}
+
+// fillSynthetic makes tpl synthetic frame seq of framebus publish: the
+// sequence number, and each of its points a sine of seq stamped now (the
+// bench peers do the same work per frame).
+func fillSynthetic(tpl *schema.DataTemplate, seq uint64, points int) {
+	tpl.SetSeq(seq)
+	now := time.Now().UnixNano()
+	for i := 0; i < points; i++ {
+		tpl.SetF64(i, math.Sin(float64(seq+uint64(i))/100))
+		tpl.SetTs(i, now)
 	}
 }
