@@ -56,7 +56,14 @@ func (r *Report) problem(format string, args ...any) {
 // file written before cursors existed has none).
 // It returns the report and, if there is any problem, an error wrapping
 // ErrCorrupt that names the first one.
-func Verify(dir string) (Report, error) {
+func Verify(dir string) (Report, error) { return VerifyProgress(dir, nil) }
+
+// VerifyProgress is Verify that reports its progress through the segments
+// (after bbolt's own page check, which it cannot follow): progress, if not
+// nil, is called every 256 segments and at the end, on the goroutine of
+// VerifyProgress, with the sequence numbers passed and the span of those
+// stored. A damaged file (read as Recover reads it) reports none.
+func VerifyProgress(dir string, progress func(done, total uint64)) (Report, error) {
 	var r Report
 	db, err := openReadOnly(dir)
 	var de *damageError
@@ -131,6 +138,19 @@ func Verify(dir string) (Report, error) {
 		var next uint64 // expected key of the next segment; 0 before the first
 		var scratch []byte
 		c := sb.Cursor()
+		var span, base uint64 // for progress: the sequence numbers stored, the first
+		if progress != nil {
+			if lk, lv := c.Last(); lk != nil {
+				last, _ := keySeq(lk)
+				if len(lv) >= segHeaderSize {
+					last += max(uint64(headerCount(lv)), 1) - 1 // the last frame's
+				}
+				fk, _ := c.First()
+				base, _ = keySeq(fk)
+				span = last - min(base, last) + 1
+			}
+			defer func() { progress(span, span) }()
+		}
 		for k, v := c.First(); k != nil; k, v = c.Next() {
 			key, ok := keySeq(k)
 			if !ok {
@@ -138,6 +158,9 @@ func Verify(dir string) (Report, error) {
 				continue
 			}
 			r.Segments++
+			if progress != nil && r.Segments%256 == 0 && key >= base {
+				progress(min(key-base, span), span)
+			}
 			r.StoredBytes += int64(len(v))
 			count, data, err := checkSegmentBuf(key, v, &scratch)
 			if err != nil {

@@ -409,3 +409,31 @@ func TestSegmentPacking(t *testing.T) {
 		t.Fatalf("sealed segments average %d bytes, want at least 95%% of %d", avg, limit)
 	}
 }
+
+// TestVerifyProgress: VerifyProgress reports the same as Verify, and its
+// progress rises to the span of the sequence numbers stored.
+func TestVerifyProgress(t *testing.T) {
+	dir := writeWAL(t, 3000)
+	want, err := Verify(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var calls int
+	var last, lastTotal uint64
+	got, err := VerifyProgress(dir, func(done, total uint64) {
+		if done < last || done > total {
+			t.Errorf("progress %d of %d after %d", done, total, last)
+		}
+		calls++
+		last, lastTotal = done, total
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if fmt.Sprint(got) != fmt.Sprint(want) {
+		t.Fatalf("VerifyProgress %+v, Verify %+v", got, want)
+	}
+	if span := want.LastSeq - want.FirstSeq + 1; calls < 2 || last != span || lastTotal != span {
+		t.Fatalf("%d progress calls, the last %d of %d; want at least 2, ending at %d of %d", calls, last, lastTotal, span, span)
+	}
+}

@@ -33,9 +33,9 @@ const walUsage = `Usage:
 
 DIR is the directory holding framebus.wal, or the sidecar's wal_dir (the WAL of
 bus N is then DIR/N). Run them while the sidecar is stopped: the WAL file is
-locked while it runs (framebus tail reads a running bus). dump and compact draw
-a progress bar on stderr when it is a terminal. docs/wal-tools.md describes the
-tools, docs/wal-recovery.md damage and recovery.
+locked while it runs (framebus tail reads a running bus). dump, verify and
+compact draw a progress bar on stderr when it is a terminal. docs/wal-tools.md
+describes the tools, docs/wal-recovery.md damage and recovery.
 `
 
 func walMain(args []string, stdout, stderr io.Writer) int {
@@ -89,7 +89,14 @@ func walMain(args []string, stdout, stderr io.Writer) int {
 	case "recover":
 		return walRecover(d, stdout, stderr)
 	default:
-		rep, err := wal.Verify(d)
+		bar := newProgressBar(stderr)
+		var progress func(done, total uint64)
+		if bar != nil {
+			bar.set("checking the pages", "frames", 0, 0)
+			progress = func(done, total uint64) { bar.set("checking the segments", "frames", int64(done), int64(total)) }
+		}
+		rep, err := wal.VerifyProgress(d, progress)
+		bar.finish()
 		fmt.Fprintf(stdout, "WAL %s: %d segments, %d frames, %d bytes, sequence %d..%d\n", d, rep.Segments, rep.Frames, rep.Bytes, rep.FirstSeq, rep.LastSeq)
 		if rep.Lost > 0 {
 			fmt.Fprintf(stdout, "  %d frames recorded as lost by a recovery (their sequence numbers are never used again)\n", rep.Lost)
