@@ -592,7 +592,7 @@ func (c *Consumer) pollMulti(max int, budget uint64, fn func(Record)) (int, erro
 // up to max non-padding records, and returns the position after the last
 // record walked; no record may end past limit. With budget > 0 it stops
 // before a record that would end more than budget bytes after start,
-// unless nothing was walked yet.
+// unless no record was delivered yet (padding does not count).
 func (c *Consumer) scanSpan(start, limit uint64, max int, budget uint64, fn func(Record)) (uint64, int, error) {
 	r := c.r
 	pos := start
@@ -617,7 +617,7 @@ func (c *Consumer) scanSpan(start, limit uint64, max int, budget uint64, fn func
 		if pos+al > limit {
 			return pos, n, r.corrupt(pos, "record of %d bytes ends at %d, past its claim %d", l, pos+al, limit)
 		}
-		if budget > 0 && pos > start && pos+al-start > budget {
+		if budget > 0 && n > 0 && pos+al-start > budget {
 			break // the byte budget (PollBytes); at least one record went
 		}
 		if typ != TypePadding {

@@ -655,3 +655,39 @@ func TestPollBytesBudget(t *testing.T) {
 		})
 	}
 }
+
+// TestPollBytesPaddingFirst: padding at the wrap does not count as the one
+// record PollBytes always delivers: a record after padding that together
+// pass the budget is delivered (before, the poll returned none).
+func TestPollBytesPaddingFirst(t *testing.T) {
+	s := newSegment(t, 1<<20)
+	r := newRing(t, s, KindIngressSPSC, 4096)
+	p := mustProducer(t, r, 1)
+	c := mustConsumer(t, r)
+	for i := range 7 { // 7 × 504 B records: 3528 of 4096 bytes
+		cl, err := p.Claim(7, 504-RecordHeaderSize)
+		if err != nil {
+			t.Fatal(err)
+		}
+		binaryPut(cl.Buf, uint64(i))
+		p.Commit(cl)
+	}
+	if n, err := c.Poll(0, func(Record) {}); n != 7 || err != nil {
+		t.Fatalf("Poll: %d, %v", n, err)
+	}
+	if err := c.Release(c.ReadPos()); err != nil {
+		t.Fatal(err)
+	}
+	// 568 bytes are left before the end: this record wraps, after padding.
+	cl, err := p.Claim(7, 1000)
+	if err != nil {
+		t.Fatal(err)
+	}
+	binaryPut(cl.Buf, 7)
+	p.Commit(cl)
+	var got []int
+	n, err := c.PollBytes(0, 1100, func(rec Record) { got = append(got, len(rec.Payload)) })
+	if err != nil || n != 1 || len(got) != 1 || got[0] != 1000 {
+		t.Fatalf("PollBytes after padding: %d records %v, %v; want the 1000-byte record", n, got, err)
+	}
+}

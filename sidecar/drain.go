@@ -207,11 +207,16 @@ func batchPause(c Config) time.Duration {
 // quarters full (a pass of max_batch_size frames of 4 KiB or more would
 // not fit even an empty queue at the default 8 MiB, and would be retried
 // forever).
-func drainBudget(c Config) int { return int(c.MaxMemoryBytes / 4) }
+func drainBudget(c Config) int { return int(min(c.MaxMemoryBytes/4, 1<<30)) }
 
-// maxWALFrame is the largest frame the WAL's memory queue can take at all
-// (its entry header counted).
-func maxWALFrame(c Config) int { return int(c.MaxMemoryBytes) - wal.EntryHeaderSize }
+// maxWALFrame is the largest frame the sidecar takes: what fits a drain
+// pass's budget with its entry header. A frame the WAL's queue could take
+// only when nearly empty would hold PAUSE over every driver until then,
+// and never get in while other drivers keep the queue busy; it is
+// rejected instead. Never more than the WAL's own frame limit.
+func maxWALFrame(c Config) int {
+	return min(drainBudget(c), wal.MaxFrameBytes) - wal.EntryHeaderSize
+}
 
 // idleSpin is how long an idle drain loop polls the rings before it sleeps
 // on the doorbell: shm.DefaultSpin, or nothing on a machine of two cores
@@ -245,7 +250,7 @@ func (d *drainer) drainRing(p *producer) int {
 			// The WAL's memory queue could never take it: refused like
 			// a frame that fails verification, or the ring would stall.
 			rejected++
-			reason = fmt.Sprintf("frame of %d bytes is larger than max_memory_bytes (%d) allows", len(rec.Payload), s.cfg.MaxMemoryBytes)
+			reason = fmt.Sprintf("frame of %d bytes is larger than the %d bytes a quarter of max_memory_bytes (%d) allows", len(rec.Payload), maxWALFrame(s.cfg), s.cfg.MaxMemoryBytes)
 			return
 		}
 		// Copy before verifying: the driver can still write the ring.
@@ -271,10 +276,14 @@ func (d *drainer) drainRing(p *producer) int {
 	if errors.As(err, &corrupt) && !p.corrupt {
 		s.detach(p, corrupt.Error())
 	}
-	if rejected > 0 {
-		p.rejected.Add(rejected)
-		s.m.rejected.Add(float64(rejected))
-		s.logRejected(p, rejected, reason)
+	// Rejections count once their records' position is in the WAL's
+	// queue: a failed append re-reads them from the ring.
+	countRejected := func() {
+		if rejected > 0 {
+			p.rejected.Add(rejected)
+			s.m.rejected.Add(float64(rejected))
+			s.logRejected(p, rejected, reason)
+		}
 	}
 	end := p.cons.ReadPos()
 	// Everything this poll found was published after the last poll that
@@ -293,6 +302,7 @@ func (d *drainer) drainRing(p *producer) int {
 		p.caughtUp = t0
 	}
 	if end == start {
+		countRejected() // none: a poll that moved nothing read nothing
 		return n
 	}
 	if len(d.frames) > 0 {
@@ -315,6 +325,7 @@ func (d *drainer) drainRing(p *producer) int {
 			d.queueFull = true
 			return 0
 		}
+		countRejected()
 		// Acks go to the router only once they are in the WAL's queue
 		// (a failed append re-reads them from the ring).
 		for _, i := range d.acks {
@@ -328,6 +339,7 @@ func (d *drainer) drainRing(p *producer) int {
 		return n
 	}
 	// Only rejected records or padding: the position alone.
+	countRejected()
 	s.wal.SetPosition(p.key, end)
 	return n
 }

@@ -54,7 +54,7 @@ func newMetrics(s *Sidecar) *metrics {
 		m.reg.MustRegister(c)
 		return c
 	}
-	m.rejected = f("framebus_frames_rejected_total", "Frames that failed schema verification and were not written.")
+	m.rejected = f("framebus_frames_rejected_total", "Frames rejected and not written: failed schema verification, an unknown record type, or larger than a quarter of max_memory_bytes.")
 	m.corrupt = f("framebus_rings_corrupt_total", "Rings whose producer broke the record protocol and was detached.")
 	m.protocolErrors = f("framebus_protocol_errors_total", "Malformed or unexpected control messages on the attach socket.")
 	m.repairs = f("framebus_segment_repairs_total", "Header and ring directory words of the segment that another process overwrote and the sidecar restored.")

@@ -426,9 +426,13 @@ func (s *Sidecar) onCommit(c wal.Commit) {
 		s.mu.durable = c.LastSeq
 		s.lastDurable.Store(time.Now().UnixNano())
 	}
+	if len(c.Positions) > 0 {
+		// Under mu, as applyReleases clears it: never left set after
+		// the releases it announces were taken.
+		s.releasesPending.Store(true)
+	}
 	s.mu.Unlock()
 	if len(c.Positions) > 0 {
-		s.releasesPending.Store(true)
 		s.committed.Signal()
 	}
 	if s.seg.Flags()&shm.FlagDegraded != 0 {

@@ -78,7 +78,7 @@ func (s *Sidecar) logRejected(p *producer, n uint64, reason string) {
 	if time.Since(p.rejectLog.at) < rejectLogEvery {
 		return
 	}
-	s.log.Warn("frames failed verification and were rejected", "producer", p.name, "slot", p.slot, "pid", p.pid,
+	s.log.Warn("frames rejected (failed verification, or too large)", "producer", p.name, "slot", p.slot, "pid", p.pid,
 		"count", p.rejectLog.frames, "last_reason", reason)
 	p.rejectLog.at, p.rejectLog.frames = time.Now(), 0
 }

@@ -476,7 +476,7 @@ func TestChaosHostileFlatBuffers(t *testing.T) {
 	if done["not-drained"] > 0 {
 		t.Errorf("the hostile ring was not drained")
 	}
-	logged := logLines(out, "frames failed verification and were rejected", "producer=hostile-f")
+	logged := logLines(out, "frames rejected (failed verification, or too large)", "producer=hostile-f")
 	if logged == 0 {
 		t.Errorf("no log line names the producer of the rejected frames")
 	}

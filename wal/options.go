@@ -218,6 +218,9 @@ func (o *Options) Validate() error {
 	return fmt.Errorf("%w: %s", ErrConfig, strings.Join(p, "; "))
 }
 
+// MaxFrameBytes is the largest frame the WAL takes (ErrFrameTooLarge beyond).
+const MaxFrameBytes = maxFrameBytes
+
 // EntryHeaderSize is what a frame takes in the WAL's memory queue (and in a
 // segment) besides its bytes: a frame of n bytes needs n + EntryHeaderSize
 // of Options.MaxMemoryBytes (ErrFrameTooLarge beyond it).

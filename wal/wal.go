@@ -356,12 +356,18 @@ func openLocked(name string, flag int, perm os.FileMode, exclusive bool, timeout
 			return f, nil
 		}
 		f.Close()
-		if err := errors.Join(err1, err2); err != nil && !errors.Is(err2, fs.ErrNotExist) {
+		if errors.Is(err2, fs.ErrNotExist) {
+			// Removed, not replaced, while this waited: opening it again
+			// would create an empty WAL in its place.
+			return nil, fmt.Errorf("wal: %s was removed while this waited for its lock (by a framebus wal compact or recover that failed?): see what is in %s", name, filepath.Dir(name))
+		}
+		if err := errors.Join(err1, err2); err != nil {
 			return nil, err
 		}
 		if time.Now().After(deadline) {
 			return nil, fmt.Errorf("%w: %s was replaced while this waited for its lock, again and again", ErrLocked, name)
 		}
+		time.Sleep(10 * time.Millisecond)
 	}
 }
 
