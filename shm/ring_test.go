@@ -531,15 +531,7 @@ func TestConsumerFullRingReadAhead(t *testing.T) {
 			s := newSegment(t, 1<<20)
 			r := newRing(t, s, kind, 4096)
 			p := mustProducer(t, r, 1)
-			var c *Consumer
-			if kind == KindIngressMPMC {
-				var err error
-				if c, err = r.SharedConsumer(); err != nil {
-					t.Fatal(err)
-				}
-			} else {
-				c = mustConsumer(t, r)
-			}
+			c := consumerOf(t, r, kind)
 			// 64-byte records (56 payload + 8 header) fill 4096 exactly.
 			read := 0
 			for i := 0; ; i++ {
@@ -613,15 +605,7 @@ func TestPollBytesBudget(t *testing.T) {
 			s := newSegment(t, 1<<20)
 			r := newRing(t, s, kind, 1<<16)
 			p := mustProducer(t, r, 1)
-			var c *Consumer
-			if kind == KindIngressMPMC {
-				var err error
-				if c, err = r.SharedConsumer(); err != nil {
-					t.Fatal(err)
-				}
-			} else {
-				c = mustConsumer(t, r)
-			}
+			c := consumerOf(t, r, kind)
 			// Payload sizes: 3 × 100 B, one of 2000 B, 2 × 100 B.
 			sizes := []int{100, 100, 100, 2000, 100, 100}
 			for i, n := range sizes {
@@ -690,4 +674,18 @@ func TestPollBytesPaddingFirst(t *testing.T) {
 	if err != nil || n != 1 || len(got) != 1 || got[0] != 1000 {
 		t.Fatalf("PollBytes after padding: %d records %v, %v; want the 1000-byte record", n, got, err)
 	}
+}
+
+// consumerOf returns a shared consumer of an MPMC ring, the exclusive one
+// of an SPSC ring.
+func consumerOf(tb testing.TB, r *Ring, kind RingKind) *Consumer {
+	tb.Helper()
+	if kind != KindIngressMPMC {
+		return mustConsumer(tb, r)
+	}
+	c, err := r.SharedConsumer()
+	if err != nil {
+		tb.Fatal(err)
+	}
+	return c
 }

@@ -27,6 +27,7 @@ func (s *Sidecar) drainLoop() {
 	defer close(s.drained)
 	d := &drainer{s: s, arena: make([]byte, 0, 1<<20), spin: idleSpin()}
 	d.pause = batchPause(s.cfg)
+	d.budget, d.maxFrame = drainBudget(s.cfg), maxWALFrame(s.cfg)
 	if s.cfg.HighPerformanceMode {
 		// Poll longer before sleeping: a producer that commits again
 		// within this time costs no futex wake-up on either side.
@@ -191,6 +192,8 @@ type drainer struct {
 	queueFull bool          // a ring's batch did not fit the WAL's memory queue this pass
 	spin      time.Duration // how long an idle pass polls before it sleeps
 	pause     time.Duration // the wait after a short pass (batchPause)
+	budget    int           // bytes a pass takes from a ring at most (drainBudget)
+	maxFrame  int           // the largest frame taken (maxWALFrame)
 }
 
 // batchPause is how long the drain loop lets the rings fill after a pass
@@ -245,12 +248,12 @@ func (d *drainer) drainRing(p *producer) int {
 	start := p.cons.ReadPos()
 	var rejected uint64
 	var reason string
-	n, err := p.cons.PollBytes(s.cfg.MaxBatchSize, drainBudget(s.cfg), func(rec shm.Record) {
-		if len(rec.Payload) > maxWALFrame(s.cfg) {
+	n, err := p.cons.PollBytes(s.cfg.MaxBatchSize, d.budget, func(rec shm.Record) {
+		if len(rec.Payload) > d.maxFrame {
 			// The WAL's memory queue could never take it: refused like
 			// a frame that fails verification, or the ring would stall.
 			rejected++
-			reason = fmt.Sprintf("frame of %d bytes is larger than the %d bytes a quarter of max_memory_bytes (%d) allows", len(rec.Payload), maxWALFrame(s.cfg), s.cfg.MaxMemoryBytes)
+			reason = fmt.Sprintf("frame of %d bytes is larger than the %d bytes a quarter of max_memory_bytes (%d) allows", len(rec.Payload), d.maxFrame, s.cfg.MaxMemoryBytes)
 			return
 		}
 		// Copy before verifying: the driver can still write the ring.
@@ -302,8 +305,7 @@ func (d *drainer) drainRing(p *producer) int {
 		p.caughtUp = t0
 	}
 	if end == start {
-		countRejected() // none: a poll that moved nothing read nothing
-		return n
+		return n // nothing read, nothing rejected
 	}
 	if len(d.frames) > 0 {
 		t1 := time.Now()

@@ -426,13 +426,14 @@ func (s *Sidecar) onCommit(c wal.Commit) {
 		s.mu.durable = c.LastSeq
 		s.lastDurable.Store(time.Now().UnixNano())
 	}
-	if len(c.Positions) > 0 {
+	released := len(c.Positions) > 0
+	if released {
 		// Under mu, as applyReleases clears it: never left set after
 		// the releases it announces were taken.
 		s.releasesPending.Store(true)
 	}
 	s.mu.Unlock()
-	if len(c.Positions) > 0 {
+	if released {
 		s.committed.Signal()
 	}
 	if s.seg.Flags()&shm.FlagDegraded != 0 {

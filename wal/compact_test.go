@@ -21,21 +21,12 @@ import (
 // the newest 64 segments of 1 KiB. It has two positions and two cursors.
 func bloatedWAL(tb testing.TB, n uint64) string {
 	tb.Helper()
-	dir := tb.TempDir()
-	w, err := Open(Options{Dir: dir, SegmentBytes: 1024, FlushInterval: time.Hour, NoSync: true})
+	dir := writeWAL(tb, n) // frames 1…n, position slot0/gen1
+	w, err := Open(Options{Dir: dir, SegmentBytes: 1024, MaxBytes: 64 << 10, FlushInterval: time.Hour, NoSync: true})
 	if err != nil {
 		tb.Fatal(err)
 	}
-	appendRange(tb, w, 1, n)
-	w.SetPosition("slot0/gen1", n)
 	if err := w.SetCursor("historian", n); err != nil {
-		tb.Fatal(err)
-	}
-	if err := w.Close(); err != nil {
-		tb.Fatal(err)
-	}
-	w, err = Open(Options{Dir: dir, SegmentBytes: 1024, MaxBytes: 64 << 10, FlushInterval: time.Hour, NoSync: true})
-	if err != nil {
 		tb.Fatal(err)
 	}
 	appendRange(tb, w, n+1, n+100)

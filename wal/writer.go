@@ -79,32 +79,27 @@ func (w *WAL) precompress() {
 	if !w.opts.Compress {
 		return
 	}
-	todo := w.wr.sealed[:0]
+	refs := w.wr.sealed[:0]
 	w.mu.Lock()
 	for _, s := range w.mu.full {
 		if s.preLen != len(s.buf) && s.doneLen != len(s.buf) {
-			todo = append(todo, sealedRef{s, s.buf})
+			refs = append(refs, sealedRef{s, s.buf})
 		}
 	}
 	w.mu.Unlock()
-	for _, t := range todo {
+	for _, t := range refs {
 		area := t.buf[segHeaderSize:]
 		if len(area) > maxDecodedLen {
 			continue
 		}
 		s := t.s
-		need := segHeaderSize + s2.MaxEncodedLen(len(area))
-		if cap(s.pre) < need {
-			s.pre = make([]byte, need)
-		}
-		enc := s2.Encode(s.pre[segHeaderSize:need], area)
-		s.preLen, s.preRaw = len(t.buf), len(enc) >= len(area)
-		s.pre = s.pre[:segHeaderSize+len(enc)]
-		s.preCRC = crc32.Checksum(enc, castagnoli)
+		var smaller bool
+		s.pre, s.preCRC, smaller = encodeValue(s.pre, area)
+		s.preLen, s.preRaw = len(t.buf), !smaller
 		w.precompressed.Add(1)
 	}
-	clear(todo)
-	w.wr.sealed = todo[:0]
+	clear(refs)
+	w.wr.sealed = refs[:0]
 }
 
 // run is the writer goroutine: it commits when the oldest change is
@@ -411,23 +406,30 @@ func (w *WAL) compressed(b *batch, i int, r *segRef, nowNs int64) []byte {
 	for len(b.cbufs) <= i {
 		b.cbufs = append(b.cbufs, nil)
 	}
-	need := segHeaderSize + s2.MaxEncodedLen(len(area))
-	cb := b.cbufs[i]
-	if cap(cb) < need {
-		cb = make([]byte, need)
-		// Keep standard-sized buffers for the next commits; a large
-		// segment's buffer is dropped after this commit.
-		if len(area) <= w.segLimit {
-			b.cbufs[i] = cb
-		}
+	v, crc, ok := encodeValue(b.cbufs[i], area)
+	// Keep standard-sized buffers for the next commits; a large
+	// segment's buffer is dropped after this commit.
+	if len(area) <= w.segLimit {
+		b.cbufs[i] = v
 	}
-	enc := s2.Encode(cb[segHeaderSize:need], area)
-	if len(enc) >= len(area) {
+	if !ok {
 		return nil
 	}
-	v := cb[:segHeaderSize+len(enc)]
-	writeHeaderFlags(v, r.s.first, r.count, nowNs, crc32.Checksum(enc, castagnoli), flagS2)
+	writeHeaderFlags(v, r.s.first, r.count, nowNs, crc, flagS2)
 	return v
+}
+
+// encodeValue S2-compresses a segment's frame area into buf (grown if it
+// is too small) after room for the header: the value without its header,
+// the CRC32C of the compressed area, and whether compression made it
+// smaller (if not, the segment is stored as it is).
+func encodeValue(buf, area []byte) (v []byte, crc uint32, smaller bool) {
+	need := segHeaderSize + s2.MaxEncodedLen(len(area))
+	if cap(buf) < need {
+		buf = make([]byte, need)
+	}
+	enc := s2.Encode(buf[segHeaderSize:need], area)
+	return buf[:segHeaderSize+len(enc)], crc32.Checksum(enc, castagnoli), len(enc) < len(area)
 }
 
 // succeeded applies a committed batch: releases the segments stored whole,
