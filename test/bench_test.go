@@ -7,6 +7,7 @@ import (
 	"os"
 	"path/filepath"
 	"regexp"
+	"slices"
 	"strconv"
 	"sync/atomic"
 	"testing"
@@ -92,7 +93,9 @@ func BenchmarkEndToEnd(b *testing.B) {
 		b.Run(fmt.Sprintf("preset=%s/sync=%s", preset, sync), func(b *testing.B) { benchE2EFramebus(b, preset, frames, 0) })
 		b.Run(fmt.Sprintf("peer=jetstream/sync=%s", sync), func(b *testing.B) { benchE2EJetStream(b, sync, frames, pending) })
 	}
-	// Latency below saturation: the same driver paced at e2eRate.
+	// Latency below saturation: the same driver paced at e2eRate, and the
+	// disk's own latency for a commit of that run's shape.
+	b.Run(fmt.Sprintf("peer=disk-commit/bytes=%d", e2eCommitBytes), benchE2EDiskCommit)
 	for _, preset := range e2ePresets {
 		cfg, _ := sidecar.Preset(preset)
 		b.Run(fmt.Sprintf("preset=%s/sync=%s/rate=%d", preset, cfg.WALFlush.Duration, e2eRate), func(b *testing.B) {
@@ -108,6 +111,11 @@ const (
 	e2eRate         = 1_000_000
 	e2ePacedSeconds = 4
 )
+
+// e2eCommitBytes is the size of the peer=disk-commit writes: about what
+// one commit of a paced high-throughput run stores (1 M frames/s of 160 B
+// for 5 ms is 800 kB, which S2 shrinks about 6×).
+const e2eCommitBytes = 128 << 10
 
 // settle writes back every dirty page of the machine before a measured run,
 // so that a run does not pay for the previous one's writes (JetStream's
@@ -321,6 +329,57 @@ func benchE2EJetStream(b *testing.B, syncInterval time.Duration, frames, maxPend
 // the directory the WALs use (b.TempDir()), as wal's BenchmarkDurableIngest
 // peer=disk does: one op is a 1 MiB write; fdatasync follows every 4 MiB
 // and after the last write.
+// benchE2EDiskCommit is the disk's latency floor for a WAL commit, in
+// the directory the WALs use: every 5 ms for e2ePacedSeconds, append
+// e2eCommitBytes and fdatasync, then rewrite a 4 KiB page at the start of
+// the file and fdatasync again (a bbolt commit's data pages, then its
+// meta page). p50-ms / p99-ms are those pairs' durations; a paced run's
+// publish→durable p99 is at least wal_flush_ms plus about this p99.
+func benchE2EDiskCommit(b *testing.B) {
+	f, err := os.Create(filepath.Join(b.TempDir(), "commit.bin"))
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer f.Close()
+	data := make([]byte, e2eCommitBytes)
+	for i := range data {
+		data[i] = byte(i * 31)
+	}
+	meta := data[:4096]
+	fd := int(f.Fd())
+	var lats []time.Duration
+	b.ResetTimer()
+	for i := 0; i < b.N; i++ {
+		settle(b)
+		off := int64(4096)
+		start := time.Now()
+		for next := start; time.Since(start) < e2ePacedSeconds*time.Second; next = next.Add(5 * time.Millisecond) {
+			time.Sleep(time.Until(next))
+			t := time.Now()
+			if _, err := unix.Pwrite(fd, data, off); err != nil {
+				b.Fatal(err)
+			}
+			off += int64(len(data))
+			if err := unix.Fdatasync(fd); err != nil {
+				b.Fatal(err)
+			}
+			if _, err := unix.Pwrite(fd, meta, 0); err != nil {
+				b.Fatal(err)
+			}
+			if err := unix.Fdatasync(fd); err != nil {
+				b.Fatal(err)
+			}
+			lats = append(lats, time.Since(t))
+		}
+	}
+	b.StopTimer()
+	slices.Sort(lats)
+	ms := func(d time.Duration) float64 { return float64(d.Microseconds()) / 1000 }
+	b.ReportMetric(0, "ns/op")
+	b.ReportMetric(ms(lats[len(lats)/2]), "p50-ms")
+	b.ReportMetric(ms(lats[len(lats)*99/100]), "p99-ms")
+}
+
 func benchE2EDisk(b *testing.B) {
 	f, err := os.Create(filepath.Join(b.TempDir(), "disk.bin"))
 	if err != nil {

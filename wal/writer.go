@@ -74,8 +74,10 @@ type sealedRef struct {
 // value yet (the writer's own fields; sealed segments no longer change),
 // so that the commit, which every pending frame waits for, does not spend
 // its time compressing. A commit uses a segment's value if it covers the
-// bytes the commit stores (compressed).
-func (w *WAL) precompress() {
+// bytes the commit stores (compressed). It stops once the commit is due:
+// the commit then compresses what is left itself, at once, rather than
+// after this pass.
+func (w *WAL) precompress(due time.Time) {
 	if !w.opts.Compress {
 		return
 	}
@@ -87,7 +89,10 @@ func (w *WAL) precompress() {
 		}
 	}
 	w.mu.Unlock()
-	for _, t := range refs {
+	for i, t := range refs {
+		if i%8 == 7 && !time.Now().Before(due) {
+			break
+		}
 		area := t.buf[segHeaderSize:]
 		if len(area) > maxDecodedLen {
 			continue
@@ -136,7 +141,7 @@ func (w *WAL) run() {
 			// Compress what the commit will write while waiting for it,
 			// then look again: the commit only has the open segment
 			// left to compress.
-			w.precompress()
+			w.precompress(due)
 			now = time.Now()
 			wait := due.Sub(now)
 			if wait <= preciseWait {
