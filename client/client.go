@@ -146,6 +146,9 @@ func Dial(ctx context.Context, cfg Config) (*Publisher, error) {
 	}
 	var prod *shm.Producer
 	if err == nil {
+		// Best effort: without it the first pass over the ring takes
+		// the page faults on the publish path instead.
+		_ = ring.Prefault()
 		prod, err = ring.Producer(welcome.ProducerID)
 	}
 	if err != nil {

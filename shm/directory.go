@@ -284,6 +284,7 @@ func (s *Segment) Ring(slot int) (*Ring, error) {
 	}
 	ctl := s.mem[info.Offset : info.Offset+RingControlSize : info.Offset+RingControlSize]
 	data := s.mem[info.Offset+RingControlSize : info.Offset+RingControlSize+info.Capacity : info.Offset+RingControlSize+info.Capacity]
+	end := min(info.Offset+alignPage(RingControlSize+info.Capacity), s.size)
 	notify := s.Doorbell()
 	if info.Notify == NotifyRing {
 		notify = newEvent(ctl, rcDataEv)
@@ -295,6 +296,7 @@ func (s *Segment) Ring(slot int) (*Ring, error) {
 		kind:   info.Kind,
 		ctl:    ctl,
 		data:   data,
+		region: s.mem[info.Offset:end:end],
 		cap:    info.Capacity,
 		mask:   info.Capacity - 1,
 		notify: notify,

@@ -285,6 +285,7 @@ func Open(opts Options) (*WAL, error) {
 	w.batchBytes = int(min(int64(opts.MaxBatchBytes), opts.MaxBytes/64))
 	// Keep buffers for a commit in flight and the next one filling.
 	w.maxFree = max(2*w.batchBytes/w.segLimit, 16)
+	w.fillFree()
 	w.mu.posOps = make(map[string][]posOp)
 	w.mu.positions = make(map[string]uint64)
 	w.mu.curOps = make(map[string]cursorOp)
@@ -648,6 +649,35 @@ func (w *WAL) newSegmentLocked(seq uint64, n int) *segment {
 	s.first = seq
 	putKey(s.key[:], seq)
 	return s
+}
+
+// fillBytes bounds what fillFree stocks: 4 MiB, what a 5 ms commit
+// interval holds at 800 MB/s of frames, and the whole free list of a
+// sidecar at its default max_memory_bytes.
+const fillBytes = 4 << 20
+
+// fillCount is how many buffers fillFree stocks.
+func (w *WAL) fillCount() int { return min(w.maxFree, fillBytes/w.segLimit) }
+
+// fillFree stocks the free list with fillCount segment buffers at Open
+// and writes to every page of them. Without it, a WAL that starts taking
+// frames takes a page fault every 4 KiB of new buffers in the drain loop's
+// appends until the free list has filled through commits. Measured on a
+// 2-core VM, where a fault costs several microseconds, the first drain pass
+// after a driver started took 8 ms for 2,000 frames. Frames published in
+// the first milliseconds then waited 16–32 ms to be durable, against 5–10 ms
+// with the list stocked. The list may hold up to maxFree buffers
+// (2 × MaxBatchBytes: a commit in flight and the next one), so this is
+// memory a busy WAL holds anyway.
+func (w *WAL) fillFree() {
+	page := os.Getpagesize()
+	for range w.fillCount() {
+		b := make([]byte, w.segLimit)
+		for i := 0; i < len(b); i += page {
+			b[i] = 0 // a store: the page is mapped now, not on first use
+		}
+		w.mu.free = append(w.mu.free, &segment{buf: b[:segHeaderSize]})
+	}
 }
 
 // releaseLocked returns a fully committed segment's buffer for reuse.
