@@ -311,7 +311,11 @@ func (t *ackTracker) reset(pos uint64) {
 }
 
 func (t *ackTracker) onAck(m *nats.Msg, ack *jetstream.PubAck) {
-	seq, err := strconv.ParseUint(m.Header.Get("Framebus-Seq"), 10, 64)
+	v := m.Header[seqHeader]
+	if len(v) == 0 {
+		return
+	}
+	seq, err := strconv.ParseUint(v[0], 10, 64)
 	if err != nil {
 		return
 	}
@@ -397,19 +401,23 @@ func (u *uplink) pump(ctx context.Context, nc *nats.Conn, js jetstream.JetStream
 			if seq > durable {
 				return errStopIter
 			}
-			m := nats.NewMsg(u.subject(schema.Kind(f.Kind), f.Data))
-			m.Header.Set(jetstream.MsgIDHeader, u.idBase+strconv.FormatUint(seq, 10))
-			m.Header.Set("Framebus-Seq", strconv.FormatUint(seq, 10))
+			// The header map is built whole, at its size: nats.Header.Set
+			// would grow it entry by entry (this is per frame).
+			seqText := strconv.FormatUint(seq, 10)
+			m := &nats.Msg{Subject: u.subject(schema.Kind(f.Kind), f.Data), Header: nats.Header{
+				jetstream.MsgIDHeader: {u.idBase + seqText},
+				seqHeader:             {seqText},
+			}}
 			if u.cfg.UplinkPayload == "json" {
 				var err error
 				if enc, err = schema.AppendDeliveredJSON(enc[:0], seq, schema.Kind(f.Kind), f.Data); err != nil {
 					next = seq + 1 // the WAL holds verified frames; skip one that is not
 					return nil
 				}
-				m.Header.Set("Content-Type", "application/json")
+				m.Header["Content-Type"] = jsonContentType
 				m.Data = append([]byte(nil), enc...)
 			} else {
-				m.Header.Set("Content-Type", contentTypes[schema.Kind(f.Kind)])
+				m.Header["Content-Type"] = contentTypes[schema.Kind(f.Kind)]
 				// A copy: f.Data is valid only in this callback, and
 				// JetStream may publish the message again later.
 				m.Data = append([]byte(nil), f.Data...)
@@ -464,11 +472,19 @@ func (u *uplink) pump(ctx context.Context, nc *nats.Conn, js jetstream.JetStream
 	return nil
 }
 
-var contentTypes = map[schema.Kind]string{
-	schema.KindData:    "application/x-flatbuffers; kind=data",
-	schema.KindCommand: "application/x-flatbuffers; kind=command",
-	schema.KindAck:     "application/x-flatbuffers; kind=ack",
-}
+// contentTypes and jsonContentType are the Content-Type header values, as
+// header value slices shared by every message (nats.go only reads them).
+var (
+	contentTypes = map[schema.Kind][]string{
+		schema.KindData:    {"application/x-flatbuffers; kind=data"},
+		schema.KindCommand: {"application/x-flatbuffers; kind=command"},
+		schema.KindAck:     {"application/x-flatbuffers; kind=ack"},
+	}
+	jsonContentType = []string{"application/json"}
+)
+
+// seqHeader carries a message's WAL sequence number.
+const seqHeader = "Framebus-Seq"
 
 // subjectPart is a piece of the subject template: literal text, or a
 // placeholder ({gateway}, {producer}, {device}, {kind}).

@@ -310,6 +310,11 @@ func TestUplinkRefused(t *testing.T) {
 // frames by a driver while the uplink is off; then the sidecar starts with
 // the uplink. For all three, frames/s is the frames over the span from the
 // stream's first message to its last (JetStream's timestamps).
+//
+// The server runs first in this process (so the async peer shares a Go
+// runtime with it, which the sidecar cannot), then under server=process in
+// a process of its own (the jetstream role), as deployed; the sync peer
+// runs only in the first arrangement.
 const uplinkBenchFrames = 300_000
 
 func BenchmarkUplink(b *testing.B) {
@@ -329,107 +334,118 @@ func BenchmarkUplink(b *testing.B) {
 		m.Data = frames[i]
 		return m
 	}
-	newStream := func(b *testing.B) (*server.Server, jetstream.JetStream, *nats.Conn) {
-		srv := startJetStream(b)
-		nc, err := nats.Connect(srv.ClientURL())
-		if err != nil {
-			b.Fatal(err)
-		}
-		js, _ := jetstream.New(nc, jetstream.WithPublishAsyncMaxPending(4096))
-		if _, err := js.CreateStream(context.Background(), jetstream.StreamConfig{Name: "FRAMEBUS", Subjects: []string{"framebus.>"},
-			Storage: jetstream.FileStorage}); err != nil {
-			b.Fatal(err)
-		}
-		return srv, js, nc
-	}
-	report := func(b *testing.B, total int, d time.Duration) {
-		b.ReportMetric(0, "ns/op")
-		b.ReportMetric(float64(total)/d.Seconds(), "frames/s")
-	}
-	// storeSpan is the time from the stream's first message to its last,
-	// by JetStream's own timestamps: the forwarding time without the
-	// start-up of either side and without polling delays.
-	storeSpan := func(b *testing.B, url string) time.Duration {
-		nc, err := nats.Connect(url)
-		if err != nil {
-			b.Fatal(err)
-		}
-		defer nc.Close()
-		js, _ := jetstream.New(nc)
-		st, err := js.Stream(context.Background(), "FRAMEBUS")
-		if err != nil {
-			b.Fatal(err)
-		}
-		s := st.CachedInfo().State
-		return s.LastTime.Sub(s.FirstTime)
-	}
-	b.Run("bus=framebus", func(b *testing.B) {
-		var total int
-		var busy time.Duration
-		for op := 0; op < b.N; op++ {
-			b.StopTimer()
-			srv, _, nc := newStream(b)
-			nc.Close()
-			bus := newBenchBus(b, "--metrics-addr", "off")
-			sc := bus.startSidecar()
-			p := bus.publish("bench", uplinkBenchFrames, "--points", "1")
-			if err := p.wait(b, 5*time.Minute); err != nil {
-				b.Fatalf("publish: %v\n%s", err, p.out.String())
+	// run runs the sub-benchmarks against JetStream servers that
+	// startServer starts (one per op) and returns the client URL of.
+	run := func(b *testing.B, startServer func(b *testing.B) string, sync bool) {
+		newStream := func(b *testing.B) (string, jetstream.JetStream, *nats.Conn) {
+			url := startServer(b)
+			nc, err := nats.Connect(url)
+			if err != nil {
+				b.Fatal(err)
 			}
-			sc.stop(b)
-			bus.extra = append(bus.extra, "--uplink-nats-servers", srv.ClientURL())
-			b.StartTimer()
-			sc = bus.startSidecar()
-			waitStream(b, srv.ClientURL(), "FRAMEBUS", uplinkBenchFrames, 5*time.Minute)
-			busy += storeSpan(b, srv.ClientURL())
-			total += uplinkBenchFrames
-			b.StopTimer()
-			sc.stop(b)
+			js, _ := jetstream.New(nc, jetstream.WithPublishAsyncMaxPending(4096))
+			if _, err := js.CreateStream(context.Background(), jetstream.StreamConfig{Name: "FRAMEBUS", Subjects: []string{"framebus.>"},
+				Storage: jetstream.FileStorage}); err != nil {
+				b.Fatal(err)
+			}
+			return url, js, nc
 		}
-		report(b, total, busy)
-	})
-	b.Run("peer=sync-publish", func(b *testing.B) {
-		var total int
-		var busy time.Duration
-		for op := 0; op < b.N; op++ {
-			b.StopTimer()
-			srv, js, nc := newStream(b)
-			b.StartTimer()
-			ctx := context.Background()
-			for i := range frames {
-				if _, err := js.PublishMsg(ctx, msg(i)); err != nil {
-					b.Fatal(err)
+		report := func(b *testing.B, total int, d time.Duration) {
+			b.ReportMetric(0, "ns/op")
+			b.ReportMetric(float64(total)/d.Seconds(), "frames/s")
+		}
+		// storeSpan is the time from the stream's first message to its last,
+		// by JetStream's own timestamps: the forwarding time without the
+		// start-up of either side and without polling delays.
+		storeSpan := func(b *testing.B, url string) time.Duration {
+			nc, err := nats.Connect(url)
+			if err != nil {
+				b.Fatal(err)
+			}
+			defer nc.Close()
+			js, _ := jetstream.New(nc)
+			st, err := js.Stream(context.Background(), "FRAMEBUS")
+			if err != nil {
+				b.Fatal(err)
+			}
+			s := st.CachedInfo().State
+			return s.LastTime.Sub(s.FirstTime)
+		}
+		b.Run("bus=framebus", func(b *testing.B) {
+			var total int
+			var busy time.Duration
+			for op := 0; op < b.N; op++ {
+				b.StopTimer()
+				url, _, nc := newStream(b)
+				nc.Close()
+				bus := newBenchBus(b, "--metrics-addr", "off")
+				sc := bus.startSidecar()
+				p := bus.publish("bench", uplinkBenchFrames, "--points", "1")
+				if err := p.wait(b, 5*time.Minute); err != nil {
+					b.Fatalf("publish: %v\n%s", err, p.out.String())
 				}
+				sc.stop(b)
+				bus.extra = append(bus.extra, "--uplink-nats-servers", url)
+				b.StartTimer()
+				sc = bus.startSidecar()
+				waitStream(b, url, "FRAMEBUS", uplinkBenchFrames, 5*time.Minute)
+				busy += storeSpan(b, url)
+				total += uplinkBenchFrames
+				b.StopTimer()
+				sc.stop(b)
 			}
-			busy += storeSpan(b, srv.ClientURL())
-			total += len(frames)
-			nc.Close()
-		}
-		report(b, total, busy)
-	})
-	b.Run("peer=async-publish", func(b *testing.B) {
-		var total int
-		var busy time.Duration
-		for op := 0; op < b.N; op++ {
-			b.StopTimer()
-			srv, js, nc := newStream(b)
-			b.StartTimer()
-			for i := range frames {
-				if _, err := js.PublishMsgAsync(msg(i)); err != nil {
-					b.Fatal(err)
+			report(b, total, busy)
+		})
+		if sync {
+			b.Run("peer=sync-publish", func(b *testing.B) {
+				var total int
+				var busy time.Duration
+				for op := 0; op < b.N; op++ {
+					b.StopTimer()
+					url, js, nc := newStream(b)
+					b.StartTimer()
+					ctx := context.Background()
+					for i := range frames {
+						if _, err := js.PublishMsg(ctx, msg(i)); err != nil {
+							b.Fatal(err)
+						}
+					}
+					busy += storeSpan(b, url)
+					total += len(frames)
+					nc.Close()
 				}
-			}
-			select {
-			case <-js.PublishAsyncComplete():
-			case <-time.After(5 * time.Minute):
-				b.Fatal("acks outstanding after 5 minutes")
-			}
-			busy += storeSpan(b, srv.ClientURL())
-			total += len(frames)
-			nc.Close()
+				report(b, total, busy)
+			})
 		}
-		report(b, total, busy)
-	})
+		b.Run("peer=async-publish", func(b *testing.B) {
+			var total int
+			var busy time.Duration
+			for op := 0; op < b.N; op++ {
+				b.StopTimer()
+				url, js, nc := newStream(b)
+				b.StartTimer()
+				for i := range frames {
+					if _, err := js.PublishMsgAsync(msg(i)); err != nil {
+						b.Fatal(err)
+					}
+				}
+				select {
+				case <-js.PublishAsyncComplete():
+				case <-time.After(5 * time.Minute):
+					b.Fatal("acks outstanding after 5 minutes")
+				}
+				busy += storeSpan(b, url)
+				total += len(frames)
+				nc.Close()
+			}
+			report(b, total, busy)
+		})
+	}
+	// The server in this process (the async peer shares it with the
+	// server), then in a process of its own (as deployed: the sidecar and
+	// the peer are each a client process of it).
+	run(b, func(b *testing.B) string { return startJetStream(b).ClientURL() }, true)
+	b.Run("server=process", func(b *testing.B) { run(b, func(b *testing.B) string { return startJetStreamProcess(b) }, false) })
 }
 
 // freePort returns a free 127.0.0.1 port number.
