@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"encoding/binary"
 	"fmt"
+	"os"
 	"sort"
 )
 
@@ -284,7 +285,12 @@ func (s *Segment) Ring(slot int) (*Ring, error) {
 	}
 	ctl := s.mem[info.Offset : info.Offset+RingControlSize : info.Offset+RingControlSize]
 	data := s.mem[info.Offset+RingControlSize : info.Offset+RingControlSize+info.Capacity : info.Offset+RingControlSize+info.Capacity]
-	end := min(info.Offset+alignPage(RingControlSize+info.Capacity), s.size)
+	// The ring's span rounded out to the OS page size (which may exceed
+	// the layout's 4 KiB): madvise wants aligned addresses. A neighbour's
+	// page it takes in is only mapped, never written.
+	ps := uint64(os.Getpagesize())
+	start := info.Offset &^ (ps - 1)
+	end := min((info.Offset+RingControlSize+info.Capacity+ps-1)&^(ps-1), s.size)
 	notify := s.Doorbell()
 	if info.Notify == NotifyRing {
 		notify = newEvent(ctl, rcDataEv)
@@ -296,7 +302,7 @@ func (s *Segment) Ring(slot int) (*Ring, error) {
 		kind:   info.Kind,
 		ctl:    ctl,
 		data:   data,
-		region: s.mem[info.Offset:end:end],
+		region: s.mem[start:end:end],
 		cap:    info.Capacity,
 		mask:   info.Capacity - 1,
 		notify: notify,

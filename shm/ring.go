@@ -39,7 +39,7 @@ type Ring struct {
 	kind   RingKind
 	ctl    []byte // control block: positions and events
 	data   []byte // data area, len == cap
-	region []byte // control block and data area, whole pages
+	region []byte // control block and data area, rounded out to whole OS pages
 	cap    uint64
 	mask   uint64
 	notify Event // signalled on commit

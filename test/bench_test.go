@@ -325,10 +325,6 @@ func benchE2EJetStream(b *testing.B, syncInterval time.Duration, frames, maxPend
 	b.ReportMetric(float64(frameBytes), "B/frame")
 }
 
-// benchE2EDisk measures the disk's fsync'd sequential write bandwidth in
-// the directory the WALs use (b.TempDir()), as wal's BenchmarkDurableIngest
-// peer=disk does: one op is a 1 MiB write; fdatasync follows every 4 MiB
-// and after the last write.
 // benchE2EDiskCommit is the disk's latency floor for a WAL commit, in
 // the directory the WALs use: every 5 ms for e2ePacedSeconds, append
 // e2eCommitBytes and fdatasync, then rewrite a 4 KiB page at the start of
@@ -380,6 +376,10 @@ func benchE2EDiskCommit(b *testing.B) {
 	b.ReportMetric(ms(lats[len(lats)*99/100]), "p99-ms")
 }
 
+// benchE2EDisk measures the disk's fsync'd sequential write bandwidth in
+// the directory the WALs use (b.TempDir()), as wal's BenchmarkDurableIngest
+// peer=disk does: one op is a 1 MiB write; fdatasync follows every 4 MiB
+// and after the last write.
 func benchE2EDisk(b *testing.B) {
 	f, err := os.Create(filepath.Join(b.TempDir(), "disk.bin"))
 	if err != nil {

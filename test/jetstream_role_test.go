@@ -74,10 +74,25 @@ func startJetStreamProcess(tb testing.TB) string {
 			<-done
 		}
 	})
-	line, err := bufio.NewReader(out).ReadString('\n')
-	go func() { cmd.Wait(); close(done) }()
-	if err != nil || !strings.HasPrefix(line, "nats://") {
-		tb.Fatalf("the jetstream role did not print its URL: %q, %v", line, err)
+	type result struct {
+		line string
+		err  error
 	}
-	return strings.TrimSpace(line)
+	got := make(chan result, 1)
+	go func() {
+		line, err := bufio.NewReader(out).ReadString('\n')
+		got <- result{line, err}
+	}()
+	var r result
+	select {
+	case r = <-got:
+	case <-time.After(30 * time.Second):
+		cmd.Process.Kill()
+		r = result{err: fmt.Errorf("no URL after 30 s")}
+	}
+	go func() { cmd.Wait(); close(done) }()
+	if r.err != nil || !strings.HasPrefix(r.line, "nats://") {
+		tb.Fatalf("the jetstream role did not print its URL: %q, %v", r.line, r.err)
+	}
+	return strings.TrimSpace(r.line)
 }

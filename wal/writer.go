@@ -74,9 +74,12 @@ type sealedRef struct {
 // value yet (the writer's own fields; sealed segments no longer change),
 // so that the commit, which every pending frame waits for, does not spend
 // its time compressing. A commit uses a segment's value if it covers the
-// bytes the commit stores (compressed). It stops once the commit is due:
-// the commit then compresses what is left itself, at once, rather than
-// after this pass.
+// bytes the commit stores (compressed). It stops once due (the commit's
+// deadline by its age when the pass began) has passed, looking every 8
+// segments: the commit then compresses what is left itself, at once,
+// rather than after this pass. (A commit that the byte cap or Flush makes
+// due meanwhile waits for the pass; it finds its sealed segments
+// compressed.)
 func (w *WAL) precompress(due time.Time) {
 	if !w.opts.Compress {
 		return
