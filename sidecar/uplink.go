@@ -3,6 +3,7 @@ package sidecar
 import (
 	"context"
 	"crypto/tls"
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -43,6 +44,21 @@ const uplinkCursor = "uplink-nats"
 // uplinkBackoffMax bounds the wait between failed rounds.
 const uplinkBackoffMax = 5 * time.Second
 
+// uplinkAckWait is how long the first frame not yet acknowledged may wait
+// in flight before the uplink gives up the frames in flight and sends
+// everything after the last acknowledged frame again (JetStream's
+// duplicate window drops what it had stored). One check per cursor sync: a
+// timer per message (nats.go's WithPublishAsyncTimeout) cost 12-16 % of
+// the uplink's CPU.
+var uplinkAckWait = 30 * time.Second
+
+// errNoPubAck is the error of a round that checkAcks ended.
+var errNoPubAck = errors.New("no PubAck from JetStream")
+
+// maxPooledData: a message whose data buffer grew beyond it is not reused
+// (a burst of large frames would otherwise keep its buffers).
+const maxPooledData = 64 << 10
+
 type uplink struct {
 	s       *Sidecar
 	cfg     Config
@@ -51,6 +67,10 @@ type uplink struct {
 	idBase  string // <gateway>-<WAL creation time>-
 	// subjParts is the subject template, split once.
 	subjParts []subjectPart
+	// subjects caches filled templates by kind, producer and device (the
+	// key built in subjKey); the uplink's goroutine only.
+	subjects map[string]string
+	subjKey  []byte
 
 	connected  atomic.Bool
 	published  atomic.Uint64
@@ -65,6 +85,13 @@ type uplink struct {
 	server  string // the server connected to, last
 
 	tracker *ackTracker
+	// msgs holds acknowledged messages for reuse (newMsg).
+	msgs sync.Pool
+	// ackPos and ackAt: the acknowledged position when the acks were
+	// last seen moving (or nothing was in flight), and when; the uplink's
+	// goroutine only.
+	ackPos uint64
+	ackAt  time.Time
 
 	cancel context.CancelFunc
 	done   chan struct{}
@@ -205,9 +232,19 @@ func (u *uplink) run(ctx context.Context) {
 	defer nc.Close()
 	u.tracker = &ackTracker{u: u, done: map[uint64]bool{}}
 	js, err := jetstream.New(nc, jetstream.WithPublishAsyncMaxPending(u.cfg.UplinkMaxInflight),
-		jetstream.WithPublishAsyncAckHandler(func(_ jetstream.JetStream, m *nats.Msg, ack *jetstream.PubAck) { u.tracker.onAck(m, ack) }),
-		jetstream.WithPublishAsyncErrHandler(func(_ jetstream.JetStream, m *nats.Msg, err error) { u.tracker.onErr(m, err) }),
-		jetstream.WithPublishAsyncTimeout(30*time.Second))
+		jetstream.WithPublishAsyncAckHandler(func(_ jetstream.JetStream, m *nats.Msg, ack *jetstream.PubAck) {
+			u.tracker.onAck(m, ack)
+			// nats.go (v1.55.0; check again when upgrading) serialises
+			// the header and copies the data when it publishes, and drops
+			// its pending entry before calling this handler, once per
+			// message: the next publish reuses the message, its header
+			// map and its data buffer.
+			if cap(m.Data) > maxPooledData {
+				m.Data = nil
+			}
+			u.msgs.Put(m)
+		}),
+		jetstream.WithPublishAsyncErrHandler(func(_ jetstream.JetStream, m *nats.Msg, err error) { u.tracker.onErr(m, err) }))
 	if err != nil {
 		u.setErr(err)
 		u.log.Error("uplink not started", "err", err)
@@ -323,6 +360,11 @@ func (t *ackTracker) onAck(m *nats.Msg, ack *jetstream.PubAck) {
 	if ack != nil && ack.Duplicate {
 		t.u.duplicates.Add(1)
 	}
+	t.mark(seq)
+}
+
+// mark counts seq as done: acknowledged, or skipped by the pump.
+func (t *ackTracker) mark(seq uint64) {
 	t.mu.Lock()
 	defer t.mu.Unlock()
 	switch {
@@ -364,7 +406,7 @@ func (u *uplink) pump(ctx context.Context, nc *nats.Conn, js jetstream.JetStream
 	reconnects := nc.Stats().Reconnects
 	u.tracker.reset(u.position.Load())
 	next := u.position.Load() + 1
-	var enc []byte
+	var enc, idBuf []byte
 	lastSet := time.Now()
 	syncCursor := func() error {
 		pos, err := u.tracker.state()
@@ -374,9 +416,13 @@ func (u *uplink) pump(ctx context.Context, nc *nats.Conn, js jetstream.JetStream
 				return fmt.Errorf("moving the uplink cursor: %w", serr)
 			}
 		}
-		lastSet = time.Now()
+		now := time.Now()
+		lastSet = now
 		if pos >= s.wal.Durable() {
-			u.caughtUp.Store(time.Now().UnixNano())
+			u.caughtUp.Store(now.UnixNano())
+		}
+		if err == nil {
+			err = u.checkAcks(js, pos, now)
 		}
 		return err
 	}
@@ -401,26 +447,30 @@ func (u *uplink) pump(ctx context.Context, nc *nats.Conn, js jetstream.JetStream
 			if seq > durable {
 				return errStopIter
 			}
-			// The header map is built whole, at its size: nats.Header.Set
-			// would grow it entry by entry (this is per frame).
-			seqText := strconv.FormatUint(seq, 10)
-			m := &nats.Msg{Subject: u.subject(schema.Kind(f.Kind), f.Data), Header: nats.Header{
-				jetstream.MsgIDHeader: {u.idBase + seqText},
-				seqHeader:             {seqText},
-			}}
+			// One string for the message id and, its tail, the sequence.
+			idBuf = strconv.AppendUint(append(idBuf[:0], u.idBase...), seq, 10)
+			id := string(idBuf)
+			m := u.newMsg()
+			m.Subject = u.subject(schema.Kind(f.Kind), f.Data)
+			m.Header[jetstream.MsgIDHeader][0] = id
+			m.Header[seqHeader][0] = id[len(u.idBase):]
 			if u.cfg.UplinkPayload == "json" {
 				var err error
 				if enc, err = schema.AppendDeliveredJSON(enc[:0], seq, schema.Kind(f.Kind), f.Data); err != nil {
-					next = seq + 1 // the WAL holds verified frames; skip one that is not
+					// The WAL holds verified frames; skip one that is not.
+					u.log.Error("uplink: frame not forwarded: no JSON for it", "seq", seq, "err", err)
+					u.msgs.Put(m)
+					u.tracker.mark(seq)
+					next = seq + 1
 					return nil
 				}
 				m.Header["Content-Type"] = jsonContentType
-				m.Data = append([]byte(nil), enc...)
+				m.Data = append(m.Data[:0], enc...)
 			} else {
 				m.Header["Content-Type"] = contentTypes[schema.Kind(f.Kind)]
 				// A copy: f.Data is valid only in this callback, and
 				// JetStream may publish the message again later.
-				m.Data = append([]byte(nil), f.Data...)
+				m.Data = append(m.Data[:0], f.Data...)
 			}
 			if nc.Stats().Reconnects != reconnects || !nc.IsConnected() {
 				pubErr = errors.New("the NATS connection was lost: sending again after the last acknowledged frame")
@@ -447,7 +497,9 @@ func (u *uplink) pump(ctx context.Context, nc *nats.Conn, js jetstream.JetStream
 			return nil
 		})
 		if pubErr != nil {
-			syncCursor()
+			if err := syncCursor(); errors.Is(err, errNoPubAck) {
+				pubErr = err // the cause of the stalled publish
+			}
 			return pubErr
 		}
 		if err != nil && !errors.Is(err, errStopIter) {
@@ -470,6 +522,39 @@ func (u *uplink) pump(ctx context.Context, nc *nats.Conn, js jetstream.JetStream
 	}
 	syncCursor()
 	return nil
+}
+
+// checkAcks fails the publishes in flight when the acknowledged position
+// pos has not moved for uplinkAckWait while publishes wait (the first frame
+// not acknowledged has waited that long: its reply lost, a server that
+// stopped answering without dropping the connection): they would otherwise
+// hold their max_inflight slots and the cursor for ever. The error handler
+// then sees them fail, and the next round sends everything after pos
+// again. The clock runs across rounds: a round that ends because its
+// publishes stall (max_inflight full of unanswered ones) does not restart
+// it.
+func (u *uplink) checkAcks(js jetstream.JetStream, pos uint64, now time.Time) error {
+	if pos != u.ackPos || u.ackAt.IsZero() || js.PublishAsyncPending() == 0 {
+		u.ackPos, u.ackAt = pos, now
+		return nil
+	}
+	if wait := now.Sub(u.ackAt); wait > uplinkAckWait {
+		inflight := js.PublishAsyncPending()
+		js.CleanupPublisher()
+		u.ackAt = now
+		return fmt.Errorf("%w for %v with %d frames in flight after frame %d: sending them again", errNoPubAck, wait.Round(time.Second), inflight, pos)
+	}
+	return nil
+}
+
+// newMsg returns a message to publish: one nats.go has acknowledged, or a
+// new one. Its header map has the message id and sequence entries, one
+// value each, for the caller to set; it sets Content-Type and Data.
+func (u *uplink) newMsg() *nats.Msg {
+	if m, ok := u.msgs.Get().(*nats.Msg); ok {
+		return m
+	}
+	return &nats.Msg{Header: nats.Header{jetstream.MsgIDHeader: make([]string, 1), seqHeader: make([]string, 1), "Content-Type": nil}}
 }
 
 // contentTypes and jsonContentType are the Content-Type header values, as
@@ -531,6 +616,28 @@ func (u *uplink) subject(kind schema.Kind, buf []byte) string {
 	default:
 		producer, device = []byte("sidecar"), []byte("ack")
 	}
+	// A gateway's frames come from a few producers and devices: look the
+	// subject up rather than build a string per frame.
+	key := append(binary.AppendUvarint(binary.AppendUvarint(u.subjKey[:0], uint64(kind)), uint64(len(producer))), producer...)
+	key = append(key, device...)
+	u.subjKey = key
+	if subj, ok := u.subjects[string(key)]; ok {
+		return subj
+	}
+	subj := u.fillSubject(kind, producer, device)
+	if len(u.subjects) >= subjectCacheSize || u.subjects == nil {
+		u.subjects = make(map[string]string)
+	}
+	u.subjects[string(key)] = subj
+	return subj
+}
+
+// subjectCacheSize bounds the subject cache; it starts again empty when
+// full.
+const subjectCacheSize = 4096
+
+// fillSubject fills the subject template.
+func (u *uplink) fillSubject(kind schema.Kind, producer, device []byte) string {
 	var b strings.Builder
 	b.Grow(64)
 	for _, p := range u.subjParts {

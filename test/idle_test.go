@@ -39,7 +39,7 @@ func plain(t *testing.T) string {
 }
 
 // procTicks returns user+system CPU ticks of pid (clock ticks of 10 ms).
-func procTicks(t *testing.T, pid int) int {
+func procTicks(t testing.TB, pid int) int {
 	b, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/stat")
 	if err != nil {
 		t.Fatal(err)

@@ -45,9 +45,9 @@ func jetstreamMain() int {
 }
 
 // startJetStreamProcess runs the jetstream role in a child process and
-// returns its client URL. The child is stopped when the test ends, killed
+// returns its client URL and process id. The child is stopped when the test ends, killed
 // if it does not stop within 10 s, and killed with the test process.
-func startJetStreamProcess(tb testing.TB) string {
+func startJetStreamProcess(tb testing.TB) (string, int) {
 	tb.Helper()
 	cmd := exec.Command(os.Args[0], "-test.run=^$")
 	cmd.Env = append(os.Environ(), roleEnv+"=jetstream", jsDirEnv+"="+filepath.Join(tb.TempDir(), "js"))
@@ -94,5 +94,5 @@ func startJetStreamProcess(tb testing.TB) string {
 	if r.err != nil || !strings.HasPrefix(r.line, "nats://") {
 		tb.Fatalf("the jetstream role did not print its URL: %q, %v", r.line, r.err)
 	}
-	return strings.TrimSpace(r.line)
+	return strings.TrimSpace(r.line), cmd.Process.Pid
 }

@@ -314,7 +314,13 @@ func TestUplinkRefused(t *testing.T) {
 // The server runs first in this process (so the async peer shares a Go
 // runtime with it, which the sidecar cannot), then under server=process in
 // a process of its own (the jetstream role), as deployed; the sync peer
-// runs only in the first arrangement.
+// runs only in the first arrangement. Under server=process each side also
+// reports its CPU time per frame: client-cpu-ns/frame is the sidecar
+// process's from its start until the stream holds every frame (start-up
+// included), or this process's over the peer's publishing loop until the
+// last PubAck; server-cpu-ns/frame is the server process's over the same
+// span (for framebus it also holds the stream polls of waitStream, every
+// 200 ms).
 const uplinkBenchFrames = 300_000
 
 func BenchmarkUplink(b *testing.B) {
@@ -335,10 +341,11 @@ func BenchmarkUplink(b *testing.B) {
 		return m
 	}
 	// run runs the sub-benchmarks against JetStream servers that
-	// startServer starts (one per op) and returns the client URL of.
-	run := func(b *testing.B, startServer func(b *testing.B) string, sync bool) {
-		newStream := func(b *testing.B) (string, jetstream.JetStream, *nats.Conn) {
-			url := startServer(b)
+	// startServer starts (one per op) and returns the client URL of, and
+	// the process id when it is a process of its own (else 0).
+	run := func(b *testing.B, startServer func(b *testing.B) (string, int), sync bool) {
+		newStream := func(b *testing.B) (string, int, jetstream.JetStream, *nats.Conn) {
+			url, pid := startServer(b)
 			nc, err := nats.Connect(url)
 			if err != nil {
 				b.Fatal(err)
@@ -348,11 +355,24 @@ func BenchmarkUplink(b *testing.B) {
 				Storage: jetstream.FileStorage}); err != nil {
 				b.Fatal(err)
 			}
-			return url, js, nc
+			return url, pid, js, nc
 		}
+		// cpu sums the client's and the server's CPU time over the ops.
+		var clientCPU, serverCPU time.Duration
 		report := func(b *testing.B, total int, d time.Duration) {
 			b.ReportMetric(0, "ns/op")
 			b.ReportMetric(float64(total)/d.Seconds(), "frames/s")
+			if serverCPU > 0 {
+				b.ReportMetric(float64(clientCPU.Nanoseconds())/float64(total), "client-cpu-ns/frame")
+				b.ReportMetric(float64(serverCPU.Nanoseconds())/float64(total), "server-cpu-ns/frame")
+			}
+			clientCPU, serverCPU = 0, 0
+		}
+		ticks := func(b *testing.B, pid int) time.Duration {
+			if pid == 0 {
+				return 0
+			}
+			return time.Duration(procTicks(b, pid)) * 10 * time.Millisecond
 		}
 		// storeSpan is the time from the stream's first message to its last,
 		// by JetStream's own timestamps: the forwarding time without the
@@ -376,7 +396,7 @@ func BenchmarkUplink(b *testing.B) {
 			var busy time.Duration
 			for op := 0; op < b.N; op++ {
 				b.StopTimer()
-				url, _, nc := newStream(b)
+				url, spid, _, nc := newStream(b)
 				nc.Close()
 				bus := newBenchBus(b, "--metrics-addr", "off")
 				sc := bus.startSidecar()
@@ -387,8 +407,13 @@ func BenchmarkUplink(b *testing.B) {
 				sc.stop(b)
 				bus.extra = append(bus.extra, "--uplink-nats-servers", url)
 				b.StartTimer()
+				s0 := ticks(b, spid)
 				sc = bus.startSidecar()
 				waitStream(b, url, "FRAMEBUS", uplinkBenchFrames, 5*time.Minute)
+				if spid != 0 {
+					clientCPU += ticks(b, sc.cmd.Process.Pid)
+					serverCPU += ticks(b, spid) - s0
+				}
 				busy += storeSpan(b, url)
 				total += uplinkBenchFrames
 				b.StopTimer()
@@ -402,7 +427,7 @@ func BenchmarkUplink(b *testing.B) {
 				var busy time.Duration
 				for op := 0; op < b.N; op++ {
 					b.StopTimer()
-					url, js, nc := newStream(b)
+					url, _, js, nc := newStream(b)
 					b.StartTimer()
 					ctx := context.Background()
 					for i := range frames {
@@ -422,8 +447,9 @@ func BenchmarkUplink(b *testing.B) {
 			var busy time.Duration
 			for op := 0; op < b.N; op++ {
 				b.StopTimer()
-				url, js, nc := newStream(b)
+				url, spid, js, nc := newStream(b)
 				b.StartTimer()
+				s0, c0 := ticks(b, spid), selfCPU(b)
 				for i := range frames {
 					if _, err := js.PublishMsgAsync(msg(i)); err != nil {
 						b.Fatal(err)
@@ -433,6 +459,10 @@ func BenchmarkUplink(b *testing.B) {
 				case <-js.PublishAsyncComplete():
 				case <-time.After(5 * time.Minute):
 					b.Fatal("acks outstanding after 5 minutes")
+				}
+				if spid != 0 {
+					clientCPU += selfCPU(b) - c0
+					serverCPU += ticks(b, spid) - s0
 				}
 				busy += storeSpan(b, url)
 				total += len(frames)
@@ -444,8 +474,19 @@ func BenchmarkUplink(b *testing.B) {
 	// The server in this process (the async peer shares it with the
 	// server), then in a process of its own (as deployed: the sidecar and
 	// the peer are each a client process of it).
-	run(b, func(b *testing.B) string { return startJetStream(b).ClientURL() }, true)
-	b.Run("server=process", func(b *testing.B) { run(b, func(b *testing.B) string { return startJetStreamProcess(b) }, false) })
+	run(b, func(b *testing.B) (string, int) { return startJetStream(b).ClientURL(), 0 }, true)
+	b.Run("server=process", func(b *testing.B) {
+		run(b, func(b *testing.B) (string, int) { return startJetStreamProcess(b) }, false)
+	})
+}
+
+// selfCPU is this process's CPU time (user and system).
+func selfCPU(tb testing.TB) time.Duration {
+	var ru syscall.Rusage
+	if err := syscall.Getrusage(syscall.RUSAGE_SELF, &ru); err != nil {
+		tb.Fatal(err)
+	}
+	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
 }
 
 // freePort returns a free 127.0.0.1 port number.
