@@ -203,7 +203,7 @@ func (a *httpAPI) frames(w http.ResponseWriter, r *http.Request) {
 		sub.cancel()
 		<-kaDone // it writes to w: finish before the handler returns
 	}()
-	s.feed(sub, s.log)
+	s.feed(sub, s.log.With("subscriber", sub.label))
 	s.log.Info("HTTP event stream closed", "subscriber", sub.label, "delivered", sub.delivered.Load(), "lost", sub.lost.Load())
 }
 
@@ -459,6 +459,9 @@ type StatusSubscriber struct {
 	LagFrames uint64 `json:"lag_frames"`
 	Delivered uint64 `json:"delivered"`
 	Lost      uint64 `json:"lost"`
+	// Error is why it cannot read the WAL now (a damaged segment, an I/O
+	// error); empty when it can.
+	Error string `json:"error,omitempty"`
 }
 
 // StatusCommands is the command router's state.
@@ -496,6 +499,9 @@ func (s *Sidecar) Status() Status {
 			Delivered: sub.delivered.Load(), Lost: sub.lost.Load()}
 		if ss.NextSeq <= top {
 			ss.LagFrames = top - ss.NextSeq + 1
+		}
+		if e := sub.readErr.Load(); e != nil {
+			ss.Error = *e
 		}
 		out.Subscribers = append(out.Subscribers, ss)
 	}

@@ -72,6 +72,9 @@ type subscriber struct {
 	lost        atomic.Uint64
 	caughtUp    atomic.Int64 // Unix ns when the feeder last reached the durable watermark
 	need        int          // bytes the frame that did not fit needs (feeder)
+	// readErr is why the feeder cannot read the WAL now (nil when it
+	// can): written by the feeder, read by the status.
+	readErr atomic.Pointer[string]
 }
 
 func (sub *subscriber) end() { sub.cancel() }
@@ -401,7 +404,7 @@ func (s *Sidecar) noticeLost(sub *subscriber, c *net.UnixConn) {
 var errEgressFull = errors.New("egress ring full")
 
 // feed copies committed frames from the WAL into a subscriber's ring.
-func (s *Sidecar) feed(sub *subscriber, log interface{ Warn(string, ...any) }) {
+func (s *Sidecar) feed(sub *subscriber, log feedLogger) {
 	if sub.ring != nil {
 		defer s.seg.FreeRing(sub.slot)
 	}
@@ -454,6 +457,11 @@ func (s *Sidecar) feed(sub *subscriber, log interface{ Warn(string, ...any) }) {
 			return nil
 		})
 		sub.sink.signal()
+		if err == nil || errors.Is(err, errStopIter) || errors.Is(err, errEgressFull) {
+			if sub.readErr.Swap(nil) != nil {
+				log.Info("a subscriber reads the WAL again", "next_seq", next)
+			}
+		}
 		switch {
 		case errors.Is(err, errEgressFull):
 			// Wait for the subscriber outside the WAL's read
@@ -465,7 +473,17 @@ func (s *Sidecar) feed(sub *subscriber, log interface{ Warn(string, ...any) }) {
 		case errors.Is(err, wal.ErrClosed):
 			return
 		default:
-			log.Warn("reading the WAL for a subscriber failed; retrying", "err", err)
+			// Logged when the error changes, not at every retry; the
+			// status shows it meanwhile.
+			msg := err.Error()
+			if prev := sub.readErr.Swap(&msg); prev == nil || *prev != msg {
+				if errors.Is(err, wal.ErrCorrupt) {
+					log.Error("a subscriber stops before a damaged WAL segment: it has every frame before it and gets none after it. "+
+						"Stop the sidecar, run `framebus wal verify`, then start it once with --wal-recover (docs/wal-recovery.md)", "next_seq", next, "err", err)
+				} else {
+					log.Warn("reading the WAL for a subscriber failed; retrying every second", "next_seq", next, "err", err)
+				}
+			}
 			select {
 			case <-time.After(time.Second):
 			case <-sub.ctx.Done():
@@ -473,6 +491,13 @@ func (s *Sidecar) feed(sub *subscriber, log interface{ Warn(string, ...any) }) {
 			}
 		}
 	}
+}
+
+// feedLogger is what feed logs through (a *slog.Logger).
+type feedLogger interface {
+	Info(string, ...any)
+	Warn(string, ...any)
+	Error(string, ...any)
 }
 
 var errStopIter = errors.New("stop")

@@ -124,11 +124,15 @@ func (u *uplink) stop() {
 	<-u.done
 }
 
-func (u *uplink) setErr(err error) {
+// setErr records a failure; changed reports whether it differs from the
+// last error recorded.
+func (u *uplink) setErr(err error) (changed bool) {
 	u.errors.Add(1)
 	u.mu.Lock()
+	changed = u.lastErr != err.Error()
 	u.lastErr = err.Error()
 	u.mu.Unlock()
+	return changed
 }
 
 func (u *uplink) setServer(url string) {
@@ -295,8 +299,17 @@ func (u *uplink) run(ctx context.Context) {
 			if ctx.Err() != nil {
 				return
 			}
-			u.setErr(err)
-			u.log.Warn("uplink: forwarding failed; sending again after the last acknowledged frame", "after_seq", u.position.Load(), "err", err)
+			changed := u.setErr(err)
+			switch {
+			case errors.Is(err, wal.ErrCorrupt):
+				// It tries again after each backoff; one line says it.
+				if changed {
+					u.log.Error("uplink stops before a damaged WAL segment: JetStream has every frame before it and gets none after it. "+
+						"Stop the sidecar, run `framebus wal verify`, then start it once with --wal-recover (docs/wal-recovery.md)", "after_seq", u.position.Load(), "err", err)
+				}
+			default:
+				u.log.Warn("uplink: forwarding failed; sending again after the last acknowledged frame", "after_seq", u.position.Load(), "err", err)
+			}
 			if errors.Is(err, jetstream.ErrNoStreamResponse) || errors.Is(err, jetstream.ErrStreamNotFound) {
 				streamReady = false
 			}
@@ -404,6 +417,17 @@ func (u *uplink) pump(ctx context.Context, nc *nats.Conn, js jetstream.JetStream
 	// connection may be lost while later ones are stored, so everything
 	// after the last acknowledged frame is sent again, in order.
 	reconnects := nc.Stats().Reconnects
+	// Acks that arrived after the last round ended (it may end before
+	// its last publishes are acknowledged, e.g. at a WAL read error) move
+	// the position first: the tracker's position is an acknowledged
+	// prefix, and sending those frames again would only make duplicates
+	// (stored again once JetStream's duplicate window has passed).
+	if pos, _ := u.tracker.state(); pos > u.position.Load() {
+		u.position.Store(pos)
+		if err := s.wal.SetCursor(uplinkCursor, pos); err != nil {
+			return fmt.Errorf("moving the uplink cursor: %w", err)
+		}
+	}
 	u.tracker.reset(u.position.Load())
 	next := u.position.Load() + 1
 	var enc, idBuf []byte
@@ -506,6 +530,15 @@ func (u *uplink) pump(ctx context.Context, nc *nats.Conn, js jetstream.JetStream
 			if ctx.Err() != nil {
 				break
 			}
+			// Let the publishes in flight be acknowledged first (for a
+			// while): the next round then starts after them instead of
+			// sending them again.
+			select {
+			case <-js.PublishAsyncComplete():
+			case <-time.After(5 * time.Second):
+			case <-ctx.Done():
+			}
+			syncCursor()
 			return fmt.Errorf("reading the WAL: %w", err)
 		}
 		if first := s.wal.FirstSeq(); first > next {

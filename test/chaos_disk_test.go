@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"bytes"
 	byteorder "encoding/binary"
+	"encoding/json"
 	"fmt"
 	"net/http"
 	"os"
@@ -912,11 +913,43 @@ func diskDropped(out string) diskRanges {
 // diskReadDamaged starts the sidecar on a WAL whose older segment midKey
 // is damaged: the start does not read it, so it starts; a subscriber
 // reading from the earliest frame gets every frame before the damaged
-// segment and no further, and the sidecar logs the damage.
+// segment and no further, the sidecar logs the damage once with the fix,
+// and /v1/status shows it on the subscriber.
 func diskReadDamaged(t testing.TB, b *bus, lay diskWALLayout) {
 	t.Helper()
+	addr := freeAddr(t)
+	js := startJetStream(t)
+	extra := b.extra
+	b.extra = append(append([]string(nil), extra...), "--http-addr", addr, "--uplink-nats-servers", js.ClientURL(), "--uplink-nats-create-stream")
+	defer func() { b.extra = extra }()
 	s := b.startSidecar()
-	tail := b.tail("--from", "earliest", "--idle", "1s")
+	stopped := false
+	defer func() {
+		if !stopped { // a failed check: the next case needs the WAL
+			s.cmd.Process.Kill()
+			s.wait(t, time.Minute)
+		}
+	}()
+	tail := b.tail("--from", "earliest", "--idle", "4s")
+	waitFor(t, 30*time.Second, "the subscriber's error in /v1/status", func() bool {
+		resp, err := http.Get("http://" + addr + "/v1/status")
+		if err != nil {
+			return false
+		}
+		defer resp.Body.Close()
+		var st struct {
+			Subscribers []struct{ Error string }
+		}
+		if json.NewDecoder(resp.Body).Decode(&st) != nil {
+			return false
+		}
+		for _, sub := range st.Subscribers {
+			if strings.Contains(sub.Error, fmt.Sprintf("segment %d", lay.midKey)) {
+				return true
+			}
+		}
+		return false
+	})
 	if err := tail.wait(t, time.Minute); err != nil {
 		t.Fatalf("tail: %v\n%s", err, tail.out.String())
 	}
@@ -931,5 +964,32 @@ func diskReadDamaged(t testing.TB, b *bus, lay diskWALLayout) {
 	waitFor(t, 30*time.Second, "the sidecar to log the damaged segment", func() bool {
 		return strings.Contains(s.out.String(), fmt.Sprintf("segment %d", lay.midKey)) && strings.Contains(s.out.String(), "corrupt")
 	})
+	// The uplink forwards every frame before the damaged segment, says
+	// why it stops in its status, logs it once, and its retries send
+	// nothing again: its position reaches the segment.
+	waitStream(t, js.ClientURL(), "FRAMEBUS", lay.midKey-1, time.Minute)
+	waitFor(t, 30*time.Second, "the uplink's error in /v1/status and its position before the damaged segment", func() bool {
+		u := uplinkStatus(t, addr)
+		e, _ := u["last_error"].(string)
+		pos, _ := u["position"].(float64)
+		return strings.Contains(e, fmt.Sprintf("segment %d", lay.midKey)) && uint64(pos) == lay.midKey-1
+	})
+	// The feeder retried every second while the tail waited 4 s idle, the
+	// uplink after each backoff: one log line each, with the fix, not one
+	// per retry.
+	out := s.out.String()
+	for _, who := range []string{"a subscriber stops before a damaged WAL segment", "uplink stops before a damaged WAL segment"} {
+		if n := strings.Count(out, who); n != 1 {
+			t.Errorf("%q logged %d times, want once:\n%s", who, n, out)
+		}
+	}
+	if n := strings.Count(out, "--wal-recover"); n != 2 {
+		t.Errorf("the log names --wal-recover %d times, want in both lines:\n%s", n, out)
+	}
+	u := uplinkStatus(t, addr)
+	if pub, _ := u["published"].(float64); uint64(pub) != lay.midKey-1 || u["duplicates"].(float64) != 0 {
+		t.Errorf("the uplink published %v frames (%v duplicates) for %d before the damaged segment: its retries sent frames again", u["published"], u["duplicates"], lay.midKey-1)
+	}
+	stopped = true
 	s.stop(t)
 }

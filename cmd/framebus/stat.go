@@ -469,6 +469,7 @@ type statSub struct {
 	Delivered       uint64   `json:"delivered"`
 	FramesPerSecond *float64 `json:"frames_per_second"`
 	Lost            uint64   `json:"lost"`
+	Error           string   `json:"error,omitempty"`
 }
 
 type statCommands struct {
@@ -570,7 +571,7 @@ func buildStatView(src *statSource, prev, cur *statSample) statView {
 		for _, s := range st.Subscribers {
 			subs[s.Name] = s
 			ss := statSub{Name: s.Name, Cursor: s.Cursor, Live: s.Live, Filter: s.Filter, NextSeq: s.NextSeq, LagFrames: s.LagFrames,
-				Delivered: s.Delivered, Lost: s.Lost}
+				Delivered: s.Delivered, Lost: s.Lost, Error: s.Error}
 			if p, ok := psubs[s.Name]; ok {
 				ss.FramesPerSecond = statRate(p.Delivered, s.Delivered, dtStatus)
 			}
@@ -1046,6 +1047,11 @@ func renderStat(v *statView, width int) []string {
 				fmtCount(&s.Delivered), fmtCount(&s.Lost)})
 		}
 		out = append(out, renderTable(cols, rows, width)...)
+		for _, s := range v.Subscribers {
+			if s.Error != "" {
+				out = append(out, wrapWidth(termSafe(s.Name)+" cannot read the WAL: "+termSafe(s.Error), width)...)
+			}
+		}
 	}
 
 	// Commands and uplink.

@@ -242,6 +242,7 @@ func TestStatRender(t *testing.T) {
 	cur.seg.Rings[1].Owner.Name = "opcua-line-7-with-a-name-far-too-long-for-the-table"
 	cur.seg.Rings[2].Owner.Name = "evil\x1b[2J\x1b]0;pwned\x07"
 	cur.status.Uplink = &sidecar.UplinkStatus{Servers: "nats://a:4222", Stream: "FRAMES", Server: "nats://a:4222", Connected: true, LastError: "timeout"}
+	cur.status.Subscribers[1].Error = "wal: corrupt: segment 15001"
 	v := buildStatView(src, prev, cur)
 	for _, width := range []int{80, 132} {
 		lines := renderStat(&v, width)
@@ -254,7 +255,8 @@ func TestStatRender(t *testing.T) {
 		for _, want := range []string{"bus plant", "sidecar pid 4321", "up 1m30s", "epoch 3", "flags: PAUSE 0x200", "WAL  /var/lib/framebus/plant",
 			"seq 1..1510", "durable 1500", "lag 10 frames 0.250 s", "500 durable frames/s", "commit p50 ", "(80 commits in 1.0 s)",
 			"RINGS", "SLOT KIND", "FRAMES/S", "SUBSCRIBERS", "cursor:historian", "COMMANDS  1 in flight · targets pump→modbus",
-			"UPLINK  connected to nats://a:4222 · stream FRAMES", "lag 0 frames 0.0 s · published 0 · acked 0 · errors 0", "last error: timeout"} {
+			"UPLINK  connected to nats://a:4222 · stream FRAMES", "lag 0 frames 0.0 s · published 0 · acked 0 · errors 0", "last error: timeout",
+			"cursor:historian cannot read the WAL: wal: corrupt: segment 15001"} {
 			if !strings.Contains(text, want) {
 				t.Errorf("width %d: text lacks %q:\n%s", width, want, text)
 			}
