@@ -92,6 +92,9 @@ type uplink struct {
 	// goroutine only.
 	ackPos uint64
 	ackAt  time.Time
+	// sentMax is the highest sequence number published (the uplink's
+	// goroutine only).
+	sentMax uint64
 
 	cancel context.CancelFunc
 	done   chan struct{}
@@ -361,12 +364,8 @@ func (t *ackTracker) reset(pos uint64) {
 }
 
 func (t *ackTracker) onAck(m *nats.Msg, ack *jetstream.PubAck) {
-	v := m.Header[seqHeader]
-	if len(v) == 0 {
-		return
-	}
-	seq, err := strconv.ParseUint(v[0], 10, 64)
-	if err != nil {
+	seq, ok := msgSeq(m)
+	if !ok {
 		return
 	}
 	t.u.acked.Add(1)
@@ -394,10 +393,25 @@ func (t *ackTracker) mark(seq uint64) {
 
 func (t *ackTracker) onErr(m *nats.Msg, err error) {
 	t.mu.Lock()
+	defer t.mu.Unlock()
+	if seq, ok := msgSeq(m); ok && seq <= t.pos {
+		// A publish of an earlier round whose frame a later one sent
+		// again and had acknowledged: nothing to do.
+		return
+	}
 	if t.err == nil {
 		t.err = err
 	}
-	t.mu.Unlock()
+}
+
+// msgSeq is the WAL sequence number a message carries.
+func msgSeq(m *nats.Msg) (uint64, bool) {
+	v := m.Header[seqHeader]
+	if len(v) == 0 {
+		return 0, false
+	}
+	seq, err := strconv.ParseUint(v[0], 10, 64)
+	return seq, err == nil
 }
 
 func (t *ackTracker) state() (uint64, error) {
@@ -511,6 +525,7 @@ func (u *uplink) pump(ctx context.Context, nc *nats.Conn, js jetstream.JetStream
 				return errStopIter
 			}
 			u.published.Add(1)
+			u.sentMax = max(u.sentMax, seq)
 			next = seq + 1
 			if time.Since(lastSet) > 50*time.Millisecond {
 				if err := syncCursor(); err != nil {
@@ -566,7 +581,16 @@ func (u *uplink) pump(ctx context.Context, nc *nats.Conn, js jetstream.JetStream
 // again. The clock runs across rounds: a round that ends because its
 // publishes stall (max_inflight full of unanswered ones) does not restart
 // it.
+//
+// Every frame ever published acknowledged (pos ≥ sentMax) while publishes
+// still wait: those are of earlier rounds (a reply lost, then the frame
+// sent again and acknowledged). They are given up at once and quietly
+// (the tracker ignores errors for acknowledged frames): they would hold
+// max_inflight slots.
 func (u *uplink) checkAcks(js jetstream.JetStream, pos uint64, now time.Time) error {
+	if pos >= u.sentMax && js.PublishAsyncPending() > 0 {
+		js.CleanupPublisher()
+	}
 	if pos != u.ackPos || u.ackAt.IsZero() || js.PublishAsyncPending() == 0 {
 		u.ackPos, u.ackAt = pos, now
 		return nil

@@ -69,12 +69,84 @@ func TestUplinkAckWait(t *testing.T) {
 }
 
 func testUplinkAckWait(t *testing.T, inflight int) {
+	const total, lost = 500, 50
+	si := startStandIn(t, func(n, stored uint64) []byte {
+		if n <= lost {
+			return nil // taken, never answered
+		}
+		return fmt.Appendf(nil, `{"stream":"FRAMEBUS","seq":%d}`, stored)
+	})
+	s := startUplinkSidecar(t, si.url, inflight, total)
+	waitFor(t, "every frame acknowledged", 30*time.Second, func() bool { return s.uplink.position.Load() == total })
+	done := time.Now()
+	// Quiet afterwards: nothing waits, nothing fails again.
+	time.Sleep(2 * uplinkAckWait)
+	st := s.uplink.status()
+	si.mu.Lock()
+	defer si.mu.Unlock()
+	for i := 1; i <= total; i++ {
+		if id := fmt.Sprintf("gw1-%d-%d", s.wal.Created(), i); si.seen[id] == 0 {
+			t.Fatalf("message %s never sent", id)
+		}
+	}
+	if si.resent.Sub(si.first) < uplinkAckWait*9/10 {
+		t.Fatalf("a frame was sent again %v after the first publish, before the %v wait", si.resent.Sub(si.first), uplinkAckWait)
+	}
+	if !strings.Contains(st.LastError, "no PubAck") {
+		t.Fatalf("status last_error %q does not report the missing PubAcks", st.LastError)
+	}
+	if inflight > total && (si.received != 2*total || st.Errors != 1) {
+		// One round of every frame, all unanswered ones among the first, one failure, then all sent again.
+		t.Fatalf("%d messages received, %d errors: want %d and 1", si.received, st.Errors, 2*total)
+	}
+	t.Logf("all %d acknowledged %v after the first publish; %d messages received; %d errors, the last: %s", total, done.Sub(si.first).Round(time.Millisecond), si.received, st.Errors, st.LastError)
+}
+
+// TestUplinkLeftoverPublish: the first publish's reply is lost and the
+// second gets an error reply, so the uplink sends everything again from
+// the first frame, and that round is acknowledged. The first round's
+// unanswered publish is then given up quietly: no "no PubAck" failure
+// once the uplink is idle, the injected error the only one.
+func TestUplinkLeftoverPublish(t *testing.T) {
+	defer func(d time.Duration) { uplinkAckWait = d }(uplinkAckWait)
+	uplinkAckWait = time.Second
+	const total = 200
+	si := startStandIn(t, func(n, stored uint64) []byte {
+		switch n {
+		case 1:
+			return nil
+		case 2:
+			return []byte(`{"error":{"code":503,"err_code":10077,"description":"injected failure"}}`)
+		}
+		return fmt.Appendf(nil, `{"stream":"FRAMEBUS","seq":%d}`, stored)
+	})
+	s := startUplinkSidecar(t, si.url, 4096, total)
+	waitFor(t, "every frame acknowledged", 30*time.Second, func() bool { return s.uplink.position.Load() == total })
+	time.Sleep(3 * uplinkAckWait)
+	if st := s.uplink.status(); st.Errors != 1 || !strings.Contains(st.LastError, "injected failure") {
+		t.Fatalf("%d errors, the last %q: want only the injected failure", st.Errors, st.LastError)
+	}
+}
+
+// standIn is a core NATS server standing in for JetStream: it answers the
+// stream's info, and each publish on framebus.> with reply(n, stored) (n
+// counts the publishes received, stored those answered so far plus this
+// one; nil: no answer).
+type standIn struct {
+	url           string
+	mu            sync.Mutex
+	received      uint64
+	first, resent time.Time // the first message, the first one received twice
+	seen          map[string]int
+}
+
+func startStandIn(t *testing.T, reply func(n, stored uint64) []byte) *standIn {
 	srv, err := server.NewServer(&server.Options{Host: "127.0.0.1", Port: server.RANDOM_PORT, NoLog: true, NoSigs: true})
 	if err != nil {
 		t.Fatal(err)
 	}
 	srv.Start()
-	defer func() { srv.Shutdown(); srv.WaitForShutdown() }()
+	t.Cleanup(func() { srv.Shutdown(); srv.WaitForShutdown() })
 	if !srv.ReadyForConnections(10 * time.Second) {
 		t.Fatal("nats-server not ready")
 	}
@@ -82,47 +154,49 @@ func testUplinkAckWait(t *testing.T, inflight int) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer nc.Close()
-	// The stream's info, as JetStream answers it.
+	t.Cleanup(nc.Close)
 	if _, err := nc.Subscribe("$JS.API.STREAM.INFO.FRAMEBUS", func(m *nats.Msg) {
 		m.Respond([]byte(`{"type":"io.nats.jetstream.api.v1.stream_info_response","config":{"name":"FRAMEBUS","subjects":["framebus.>"]},"state":{}}`))
 	}); err != nil {
 		t.Fatal(err)
 	}
-	const total, lost = 500, 50
-	var mu sync.Mutex
-	var received, stored uint64
-	var first, resent time.Time // the first message, the first one sent again
-	seen := map[string]int{}
+	si := &standIn{url: srv.ClientURL(), seen: map[string]int{}}
+	var stored uint64
 	if _, err := nc.Subscribe("framebus.>", func(m *nats.Msg) {
-		mu.Lock()
-		defer mu.Unlock()
-		received++
+		si.mu.Lock()
+		defer si.mu.Unlock()
+		si.received++
 		id := m.Header.Get(jetstream.MsgIDHeader)
-		if received == 1 {
-			first = time.Now()
+		if si.received == 1 {
+			si.first = time.Now()
 		}
-		if seen[id]++; seen[id] == 2 && resent.IsZero() {
-			resent = time.Now()
+		if si.seen[id]++; si.seen[id] == 2 && si.resent.IsZero() {
+			si.resent = time.Now()
 		}
-		if received <= lost {
-			return // taken, never answered
+		if r := reply(si.received, stored+1); r != nil {
+			if !strings.Contains(string(r), `"error"`) {
+				stored++
+			}
+			m.Respond(r)
 		}
-		stored++
-		m.Respond(fmt.Appendf(nil, `{"stream":"FRAMEBUS","seq":%d}`, stored))
 	}); err != nil {
 		t.Fatal(err)
 	}
 	if err := nc.Flush(); err != nil {
 		t.Fatal(err)
 	}
+	return si
+}
 
-	cfg := testConfig(t, "--uplink-nats-servers", srv.ClientURL(), "--uplink-nats-gateway", "gw1", "--uplink-nats-max-inflight", fmt.Sprint(inflight))
+// startUplinkSidecar starts a sidecar forwarding to url (gateway gw1,
+// max_inflight inflight) and publishes total frames, durable on return.
+func startUplinkSidecar(t *testing.T, url string, inflight, total int) *Sidecar {
+	cfg := testConfig(t, "--uplink-nats-servers", url, "--uplink-nats-gateway", "gw1", "--uplink-nats-max-inflight", fmt.Sprint(inflight))
 	s, err := New(cfg, quietLogger(t))
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer s.Shutdown(context.Background())
+	t.Cleanup(func() { s.Shutdown(context.Background()) })
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
 	pub, err := client.Dial(ctx, client.Config{Name: cfg.Name, RunDir: cfg.RunDir, Producer: "p"})
@@ -139,27 +213,5 @@ func testUplinkAckWait(t *testing.T, inflight int) {
 	if err := pub.WaitDurable(ctx); err != nil {
 		t.Fatal(err)
 	}
-	waitFor(t, "every frame acknowledged", 30*time.Second, func() bool { return s.uplink.position.Load() == total })
-	done := time.Now()
-	// Quiet afterwards: nothing waits, nothing fails again.
-	time.Sleep(2 * uplinkAckWait)
-	st := s.uplink.status()
-	mu.Lock()
-	defer mu.Unlock()
-	for i := 1; i <= total; i++ {
-		if id := fmt.Sprintf("gw1-%d-%d", s.wal.Created(), i); seen[id] == 0 {
-			t.Fatalf("message %s never sent", id)
-		}
-	}
-	if resent.Sub(first) < uplinkAckWait*9/10 {
-		t.Fatalf("a frame was sent again %v after the first publish, before the %v wait", resent.Sub(first), uplinkAckWait)
-	}
-	if !strings.Contains(st.LastError, "no PubAck") {
-		t.Fatalf("status last_error %q does not report the missing PubAcks", st.LastError)
-	}
-	if inflight > total && (received != 2*total || st.Errors != 1) {
-		// One round of every frame, all unanswered ones among the first, one failure, then all sent again.
-		t.Fatalf("%d messages received, %d errors: want %d and 1", received, st.Errors, 2*total)
-	}
-	t.Logf("all %d acknowledged %v after the first publish; %d messages received; %d errors, the last: %s", total, done.Sub(first).Round(time.Millisecond), received, st.Errors, st.LastError)
+	return s
 }
