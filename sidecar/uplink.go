@@ -436,11 +436,9 @@ func (u *uplink) pump(ctx context.Context, nc *nats.Conn, js jetstream.JetStream
 	// the position first: the tracker's position is an acknowledged
 	// prefix, and sending those frames again would only make duplicates
 	// (stored again once JetStream's duplicate window has passed).
-	if pos, _ := u.tracker.state(); pos > u.position.Load() {
-		u.position.Store(pos)
-		if err := s.wal.SetCursor(uplinkCursor, pos); err != nil {
-			return fmt.Errorf("moving the uplink cursor: %w", err)
-		}
+	acked, _ := u.tracker.state()
+	if err := u.advance(acked); err != nil {
+		return err
 	}
 	u.tracker.reset(u.position.Load())
 	next := u.position.Load() + 1
@@ -448,11 +446,8 @@ func (u *uplink) pump(ctx context.Context, nc *nats.Conn, js jetstream.JetStream
 	lastSet := time.Now()
 	syncCursor := func() error {
 		pos, err := u.tracker.state()
-		if pos > u.position.Load() {
-			u.position.Store(pos)
-			if serr := s.wal.SetCursor(uplinkCursor, pos); serr != nil {
-				return fmt.Errorf("moving the uplink cursor: %w", serr)
-			}
+		if serr := u.advance(pos); serr != nil {
+			return serr
 		}
 		now := time.Now()
 		lastSet = now
@@ -569,6 +564,18 @@ func (u *uplink) pump(ctx context.Context, nc *nats.Conn, js jetstream.JetStream
 		}
 	}
 	syncCursor()
+	return nil
+}
+
+// advance moves the position and the durable cursor to pos, an
+// acknowledged prefix, when it is ahead of them.
+func (u *uplink) advance(pos uint64) error {
+	if pos > u.position.Load() {
+		u.position.Store(pos)
+		if err := u.s.wal.SetCursor(uplinkCursor, pos); err != nil {
+			return fmt.Errorf("moving the uplink cursor: %w", err)
+		}
+	}
 	return nil
 }
 

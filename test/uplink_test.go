@@ -357,16 +357,13 @@ func BenchmarkUplink(b *testing.B) {
 			}
 			return url, pid, js, nc
 		}
-		// cpu sums the client's and the server's CPU time over the ops.
-		var clientCPU, serverCPU time.Duration
-		report := func(b *testing.B, total int, d time.Duration) {
+		report := func(b *testing.B, total int, d, clientCPU, serverCPU time.Duration) {
 			b.ReportMetric(0, "ns/op")
 			b.ReportMetric(float64(total)/d.Seconds(), "frames/s")
 			if serverCPU > 0 {
 				b.ReportMetric(float64(clientCPU.Nanoseconds())/float64(total), "client-cpu-ns/frame")
 				b.ReportMetric(float64(serverCPU.Nanoseconds())/float64(total), "server-cpu-ns/frame")
 			}
-			clientCPU, serverCPU = 0, 0
 		}
 		ticks := func(b *testing.B, pid int) time.Duration {
 			if pid == 0 {
@@ -391,13 +388,38 @@ func BenchmarkUplink(b *testing.B) {
 			s := st.CachedInfo().State
 			return s.LastTime.Sub(s.FirstTime)
 		}
-		b.Run("bus=framebus", func(b *testing.B) {
+		// forward runs one forwarding of every frame per op, each into a
+		// fresh stream, and reports them. one forwards to url (js is a
+		// client of the stream): it calls start when the measured part
+		// begins and returns the client's CPU time from then, and what to
+		// do after the measurement (or nil).
+		forward := func(b *testing.B, one func(b *testing.B, url string, js jetstream.JetStream, start func()) (time.Duration, func())) {
 			var total int
-			var busy time.Duration
+			var busy, clientCPU, serverCPU time.Duration
 			for op := 0; op < b.N; op++ {
 				b.StopTimer()
-				url, spid, _, nc := newStream(b)
+				url, spid, js, nc := newStream(b)
+				var s0 time.Duration
+				client, after := one(b, url, js, func() {
+					b.StartTimer()
+					s0 = ticks(b, spid)
+				})
+				if spid != 0 {
+					clientCPU += client
+					serverCPU += ticks(b, spid) - s0
+				}
+				busy += storeSpan(b, url)
+				total += len(frames)
+				b.StopTimer()
+				if after != nil {
+					after()
+				}
 				nc.Close()
+			}
+			report(b, total, busy, clientCPU, serverCPU)
+		}
+		b.Run("bus=framebus", func(b *testing.B) {
+			forward(b, func(b *testing.B, url string, _ jetstream.JetStream, start func()) (time.Duration, func()) {
 				bus := newBenchBus(b, "--metrics-addr", "off")
 				sc := bus.startSidecar()
 				p := bus.publish("bench", uplinkBenchFrames, "--points", "1")
@@ -406,50 +428,31 @@ func BenchmarkUplink(b *testing.B) {
 				}
 				sc.stop(b)
 				bus.extra = append(bus.extra, "--uplink-nats-servers", url)
-				b.StartTimer()
-				s0 := ticks(b, spid)
+				start()
 				sc = bus.startSidecar()
 				waitStream(b, url, "FRAMEBUS", uplinkBenchFrames, 5*time.Minute)
-				if spid != 0 {
-					clientCPU += ticks(b, sc.cmd.Process.Pid)
-					serverCPU += ticks(b, spid) - s0
-				}
-				busy += storeSpan(b, url)
-				total += uplinkBenchFrames
-				b.StopTimer()
-				sc.stop(b)
-			}
-			report(b, total, busy)
+				return ticks(b, sc.cmd.Process.Pid), func() { sc.stop(b) }
+			})
 		})
 		if sync {
 			b.Run("peer=sync-publish", func(b *testing.B) {
-				var total int
-				var busy time.Duration
-				for op := 0; op < b.N; op++ {
-					b.StopTimer()
-					url, _, js, nc := newStream(b)
-					b.StartTimer()
+				forward(b, func(b *testing.B, _ string, js jetstream.JetStream, start func()) (time.Duration, func()) {
+					start()
+					c0 := selfCPU(b)
 					ctx := context.Background()
 					for i := range frames {
 						if _, err := js.PublishMsg(ctx, msg(i)); err != nil {
 							b.Fatal(err)
 						}
 					}
-					busy += storeSpan(b, url)
-					total += len(frames)
-					nc.Close()
-				}
-				report(b, total, busy)
+					return selfCPU(b) - c0, nil
+				})
 			})
 		}
 		b.Run("peer=async-publish", func(b *testing.B) {
-			var total int
-			var busy time.Duration
-			for op := 0; op < b.N; op++ {
-				b.StopTimer()
-				url, spid, js, nc := newStream(b)
-				b.StartTimer()
-				s0, c0 := ticks(b, spid), selfCPU(b)
+			forward(b, func(b *testing.B, _ string, js jetstream.JetStream, start func()) (time.Duration, func()) {
+				start()
+				c0 := selfCPU(b)
 				for i := range frames {
 					if _, err := js.PublishMsgAsync(msg(i)); err != nil {
 						b.Fatal(err)
@@ -460,15 +463,8 @@ func BenchmarkUplink(b *testing.B) {
 				case <-time.After(5 * time.Minute):
 					b.Fatal("acks outstanding after 5 minutes")
 				}
-				if spid != 0 {
-					clientCPU += selfCPU(b) - c0
-					serverCPU += ticks(b, spid) - s0
-				}
-				busy += storeSpan(b, url)
-				total += len(frames)
-				nc.Close()
-			}
-			report(b, total, busy)
+				return selfCPU(b) - c0, nil
+			})
 		})
 	}
 	// The server in this process (the async peer shares it with the
