@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"log/slog"
 	"net"
 	"net/http"
 	"path/filepath"
@@ -18,6 +19,7 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/framebus/framebus/schema"
+	"github.com/framebus/framebus/sidecar"
 )
 
 // startJetStream runs a JetStream server in this process on a random
@@ -311,10 +313,14 @@ func TestUplinkRefused(t *testing.T) {
 // the uplink. For all three, frames/s is the frames over the span from the
 // stream's first message to its last (JetStream's timestamps).
 //
-// The server runs first in this process (so the async peer shares a Go
-// runtime with it, which the sidecar cannot), then under server=process in
-// a process of its own (the jetstream role), as deployed; the sync peer
-// runs only in the first arrangement. Under server=process each side also
+// The server runs first in this process, where the async peer shares a Go
+// runtime with it. There framebus is measured twice: as deployed, the
+// sidecar a process of its own (bus=framebus), and in the same arrangement
+// as the peer, the sidecar started in this process beside the server
+// (bus=framebus-in-process). Then, under server=process, the server runs in
+// a process of its own (the jetstream role), as deployed, and the sidecar
+// and the peer are each a client process of it. The sync peer and the
+// in-process sidecar run only in the first arrangement. Under server=process each side also
 // reports its CPU time per frame: client-cpu-ns/frame is the sidecar
 // process's from its start until the stream holds every frame (start-up
 // included), or this process's over the peer's publishing loop until the
@@ -342,8 +348,10 @@ func BenchmarkUplink(b *testing.B) {
 	}
 	// run runs the sub-benchmarks against JetStream servers that
 	// startServer starts (one per op) and returns the client URL of, and
-	// the process id when it is a process of its own (else 0).
-	run := func(b *testing.B, startServer func(b *testing.B) (string, int), sync bool) {
+	// the process id when it is a process of its own (else 0). inProcess:
+	// the server runs in this process; the sync peer and the sidecar in
+	// this process run too.
+	run := func(b *testing.B, startServer func(b *testing.B) (string, int), inProcess bool) {
 		newStream := func(b *testing.B) (string, int, jetstream.JetStream, *nats.Conn) {
 			url, pid := startServer(b)
 			nc, err := nats.Connect(url)
@@ -418,23 +426,53 @@ func BenchmarkUplink(b *testing.B) {
 			}
 			report(b, total, busy, clientCPU, serverCPU)
 		}
+		// fill writes every frame into a fresh WAL through a driver and a
+		// sidecar process with the uplink off.
+		fill := func(b *testing.B) *bus {
+			bus := newBenchBus(b, "--metrics-addr", "off")
+			sc := bus.startSidecar()
+			p := bus.publish("bench", uplinkBenchFrames, "--points", "1")
+			if err := p.wait(b, 5*time.Minute); err != nil {
+				b.Fatalf("publish: %v\n%s", err, p.out.String())
+			}
+			sc.stop(b)
+			return bus
+		}
 		b.Run("bus=framebus", func(b *testing.B) {
 			forward(b, func(b *testing.B, url string, _ jetstream.JetStream, start func()) (time.Duration, func()) {
-				bus := newBenchBus(b, "--metrics-addr", "off")
-				sc := bus.startSidecar()
-				p := bus.publish("bench", uplinkBenchFrames, "--points", "1")
-				if err := p.wait(b, 5*time.Minute); err != nil {
-					b.Fatalf("publish: %v\n%s", err, p.out.String())
-				}
-				sc.stop(b)
+				bus := fill(b)
 				bus.extra = append(bus.extra, "--uplink-nats-servers", url)
 				start()
-				sc = bus.startSidecar()
+				sc := bus.startSidecar()
 				waitStream(b, url, "FRAMEBUS", uplinkBenchFrames, 5*time.Minute)
 				return ticks(b, sc.cmd.Process.Pid), func() { sc.stop(b) }
 			})
 		})
-		if sync {
+		if inProcess {
+			// The sidecar in this process too, beside the server, as the
+			// async peer is: the same arrangement for both.
+			b.Run("bus=framebus-in-process", func(b *testing.B) {
+				forward(b, func(b *testing.B, url string, _ jetstream.JetStream, start func()) (time.Duration, func()) {
+					bus := fill(b)
+					cfg, _, err := sidecar.LoadConfig(append(bus.runArgs()[1:], "--uplink-nats-servers", url), nil)
+					if err != nil {
+						b.Fatal(err)
+					}
+					start()
+					sc, err := sidecar.New(cfg, slog.New(slog.DiscardHandler))
+					if err != nil {
+						b.Fatal(err)
+					}
+					waitStream(b, url, "FRAMEBUS", uplinkBenchFrames, 5*time.Minute)
+					return 0, func() {
+						if err := sc.Shutdown(context.Background()); err != nil {
+							b.Error(err)
+						}
+					}
+				})
+			})
+		}
+		if inProcess {
 			b.Run("peer=sync-publish", func(b *testing.B) {
 				forward(b, func(b *testing.B, _ string, js jetstream.JetStream, start func()) (time.Duration, func()) {
 					start()

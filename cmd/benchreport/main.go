@@ -5,7 +5,9 @@
 // end-to-end benchmark (EndToEnd/preset=P/sync=S) it prints framebus's
 // frames/s over the JetStream peer's at the same sync interval
 // (EndToEnd/peer=jetstream/sync=S) and its MB/s over the disk's
-// (EndToEnd/peer=disk).
+// (EndToEnd/peer=disk). For the uplink benchmark (Uplink/…) it prints, per
+// arrangement of the JetStream server, each framebus case's frames/s over
+// the async publisher's of the same arrangement (peer=async-publish).
 //
 //	go test -run '^$' -bench . -count 5 ./shm ./schema | go run ./cmd/benchreport
 package main
@@ -151,6 +153,42 @@ func main() {
 		}
 	}
 	endToEnd(benches, byName)
+	uplink(benches, byName)
+}
+
+// uplink prints framebus's forwarding throughput over the async publisher's
+// (frames/s, a ratio of two medians), in each arrangement: Uplink/X/bus=B
+// against Uplink/X/peer=async-publish.
+func uplink(benches []*bench, byName map[string]*bench) {
+	var rows []string
+	for _, b := range benches {
+		arr, bus, ok := strings.Cut(b.name, "bus=")
+		if !strings.HasPrefix(arr, "Uplink/") || !ok {
+			continue
+		}
+		peer := byName[arr+"peer=async-publish"]
+		if peer == nil {
+			continue
+		}
+		fb, pv := median(b.metrics["frames/s"]), median(peer.metrics["frames/s"])
+		if pv == 0 {
+			continue
+		}
+		where := strings.TrimSuffix(strings.TrimPrefix(arr, "Uplink/"), "/")
+		if where == "" {
+			where = "server in the benchmark process"
+		}
+		rows = append(rows, fmt.Sprintf("| %s | %s | %s | %s | %.2f |", where, bus, format(fb), format(pv), fb/pv))
+	}
+	if len(rows) == 0 {
+		return
+	}
+	fmt.Println()
+	fmt.Println("| uplink arrangement | framebus case | framebus frames/s | async publisher frames/s | framebus ÷ async publisher |")
+	fmt.Println("|---|---|---|---|---|")
+	for _, r := range rows {
+		fmt.Println(r)
+	}
 }
 
 // endToEnd prints the end-to-end ratios: framebus ÷ JetStream (frames/s, same
