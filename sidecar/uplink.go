@@ -95,6 +95,16 @@ type uplink struct {
 	// sentMax is the highest sequence number published (the uplink's
 	// goroutine only).
 	sentMax uint64
+	// failLog: when a failure was last logged, the position then, how
+	// many failures were not logged since, and whether the uplink has
+	// failed since it last moved its position (logFailure, advance; the
+	// uplink's goroutine only).
+	failLog struct {
+		at         time.Time
+		pos        uint64
+		suppressed int
+		failing    bool
+	}
 
 	cancel context.CancelFunc
 	done   chan struct{}
@@ -291,8 +301,7 @@ func (u *uplink) run(ctx context.Context) {
 		}
 		if !streamReady {
 			if err := u.ensureStream(ctx, js); err != nil {
-				u.setErr(err)
-				u.log.Error("uplink: stream not usable; retrying", "stream", u.cfg.UplinkStream, "err", err)
+				u.logFailure(u.setErr(err), slog.LevelError, "uplink: stream not usable; retrying", "stream", u.cfg.UplinkStream, "err", err)
 				backoff = min(max(2*backoff, 500*time.Millisecond), uplinkBackoffMax)
 				continue
 			}
@@ -311,7 +320,7 @@ func (u *uplink) run(ctx context.Context) {
 						"Stop the sidecar, run `framebus wal verify`, then start it once with --wal-recover (docs/wal-recovery.md)", "after_seq", u.position.Load(), "err", err)
 				}
 			default:
-				u.log.Warn("uplink: forwarding failed; sending again after the last acknowledged frame", "after_seq", u.position.Load(), "err", err)
+				u.logFailure(changed, slog.LevelWarn, "uplink: forwarding failed; sending again after the last acknowledged frame", "after_seq", u.position.Load(), "err", err)
 			}
 			if errors.Is(err, jetstream.ErrNoStreamResponse) || errors.Is(err, jetstream.ErrStreamNotFound) {
 				streamReady = false
@@ -321,6 +330,31 @@ func (u *uplink) run(ctx context.Context) {
 		}
 		backoff = 0
 	}
+}
+
+// uplinkRepeatLog bounds how often the same failure of the uplink is
+// logged again while the uplink makes no progress: it retries every few
+// seconds for as long as the failure lasts. A variable for tests.
+var uplinkRepeatLog = time.Minute
+
+// logFailure logs a failure of the uplink's loop: at once when it differs
+// from the last one recorded (changed, from setErr) or when frames were
+// acknowledged since the last line (a new incident), else at most every
+// uplinkRepeatLog, with how many times it happened unlogged in between.
+// The status's last_error and framebus_uplink_errors_total count every
+// one; advance logs when the uplink forwards again.
+func (u *uplink) logFailure(changed bool, level slog.Level, msg string, args ...any) {
+	u.failLog.failing = true
+	pos := u.position.Load()
+	if !changed && pos == u.failLog.pos && time.Since(u.failLog.at) < uplinkRepeatLog {
+		u.failLog.suppressed++
+		return
+	}
+	if u.failLog.suppressed > 0 {
+		args = append(args, "not_logged_since_last_line", u.failLog.suppressed)
+	}
+	u.log.Log(context.Background(), level, msg+" (while it makes no progress, the same failure is logged again at most once a minute)", args...)
+	u.failLog.at, u.failLog.pos, u.failLog.suppressed = time.Now(), pos, 0
 }
 
 // ensureStream checks that the stream exists (creating it if told to).
@@ -572,6 +606,15 @@ func (u *uplink) pump(ctx context.Context, nc *nats.Conn, js jetstream.JetStream
 func (u *uplink) advance(pos uint64) error {
 	if pos > u.position.Load() {
 		u.position.Store(pos)
+		if u.failLog.failing {
+			// The end of the failures logFailure saw.
+			args := []any{"acked_seq", pos}
+			if u.failLog.suppressed > 0 {
+				args = append(args, "failures_not_logged", u.failLog.suppressed)
+			}
+			u.log.Info("uplink forwards again", args...)
+			u.failLog.failing, u.failLog.suppressed = false, 0
+		}
 		if err := u.s.wal.SetCursor(uplinkCursor, pos); err != nil {
 			return fmt.Errorf("moving the uplink cursor: %w", err)
 		}

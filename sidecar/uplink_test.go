@@ -3,8 +3,10 @@ package sidecar
 import (
 	"context"
 	"fmt"
+	"log/slog"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -128,6 +130,87 @@ func TestUplinkLeftoverPublish(t *testing.T) {
 	}
 }
 
+// injectedFailure is a JetStream error reply.
+const injectedFailure = `{"error":{"code":503,"err_code":10077,"description":"injected failure"}}`
+
+// TestUplinkRepeatedFailureLog: JetStream refuses every publish with the
+// same error. The uplink retries after each backoff and counts each
+// failure, but logs the failure once, not once per retry; with a repeat
+// interval of 1 s, again after it, with the count of those not logged.
+func TestUplinkRepeatedFailureLog(t *testing.T) {
+	t.Run("repeat=1m", func(t *testing.T) {
+		out, failures := repeatedFailures(t)
+		if n := strings.Count(out, "uplink: forwarding failed"); n != 1 {
+			t.Fatalf("%d log lines for %d failures, want 1:\n%s", n, failures, out)
+		}
+		if !strings.Contains(out, "injected failure") || !strings.Contains(out, "at most once a minute") {
+			t.Fatalf("the failure's line does not name the error or say it is not repeated:\n%s", out)
+		}
+	})
+	t.Run("repeat=1s", func(t *testing.T) {
+		defer func(d time.Duration) { uplinkRepeatLog = d }(uplinkRepeatLog)
+		uplinkRepeatLog = time.Second
+		// Failures about 0, 0.25, 0.7 and 1.5 s in: the second and
+		// third are not logged, the fourth is, with their count.
+		out, failures := repeatedFailures(t)
+		if n := strings.Count(out, "uplink: forwarding failed"); n < 2 || n >= failures {
+			t.Fatalf("%d log lines for %d failures, want at least 2 and fewer than the failures:\n%s", n, failures, out)
+		}
+		if !strings.Contains(out, "not_logged_since_last_line=") {
+			t.Fatalf("no line counts the failures not logged:\n%s", out)
+		}
+	})
+}
+
+// repeatedFailures runs a sidecar whose every publish JetStream refuses
+// until it has failed five rounds, and returns its log and failures.
+func repeatedFailures(t *testing.T) (string, int) {
+	si := startStandIn(t, func(n, stored uint64) []byte { return []byte(injectedFailure) })
+	var logs lockedBuffer
+	s := startUplinkSidecarLog(t, si.url, 4096, 10, slog.New(slog.NewTextHandler(&logs, nil)))
+	// Backoffs of 0.2, 0.4, 0.8 and 1.6 s: the fifth failure about 3 s in.
+	waitFor(t, "five failed rounds", 30*time.Second, func() bool { return s.uplink.status().Errors >= 5 })
+	st := s.uplink.status()
+	if !strings.Contains(st.LastError, "injected failure") {
+		t.Fatalf("status last_error %q, want the injected failure", st.LastError)
+	}
+	if s.uplink.position.Load() != 0 {
+		t.Fatalf("position %d: nothing was acknowledged", s.uplink.position.Load())
+	}
+	return logs.String(), int(st.Errors)
+}
+
+// TestUplinkFailureAfterProgress: the same failure twice, with frames
+// acknowledged in between, is two incidents: each is logged, and so is
+// each recovery, even within the repeat interval.
+func TestUplinkFailureAfterProgress(t *testing.T) {
+	const batch = 10
+	var failNext atomic.Bool // set once the first batch is acknowledged
+	si := startStandIn(t, func(n, stored uint64) []byte {
+		// The first publish, and the first of the second batch.
+		if n == 1 || failNext.CompareAndSwap(true, false) {
+			return []byte(injectedFailure)
+		}
+		return fmt.Appendf(nil, `{"stream":"FRAMEBUS","seq":%d}`, stored)
+	})
+	var logs lockedBuffer
+	s := startUplinkSidecarLog(t, si.url, 4096, batch, slog.New(slog.NewTextHandler(&logs, nil)))
+	waitFor(t, "the first batch acknowledged", 30*time.Second, func() bool { return s.uplink.position.Load() == batch })
+	failNext.Store(true)
+	publishFrames(t, s, batch)
+	waitFor(t, "the second batch acknowledged", 30*time.Second, func() bool { return s.uplink.position.Load() == 2*batch })
+	// The recovery's line is logged on the uplink's goroutine after it
+	// moves the position.
+	waitFor(t, "the second recovery logged", 10*time.Second, func() bool { return strings.Count(logs.String(), "uplink forwards again") == 2 })
+	out := logs.String()
+	if n := strings.Count(out, "uplink: forwarding failed"); n != 2 {
+		t.Fatalf("%d failure lines for 2 incidents of the same failure, want 2:\n%s", n, out)
+	}
+	if st := s.uplink.status(); st.Errors != 2 {
+		t.Fatalf("%d errors, want 2", st.Errors)
+	}
+}
+
 // standIn is a core NATS server standing in for JetStream: it answers the
 // stream's info, and each publish on framebus.> with reply(n, stored) (n
 // counts the publishes received, stored those answered so far plus this
@@ -191,15 +274,26 @@ func startStandIn(t *testing.T, reply func(n, stored uint64) []byte) *standIn {
 // startUplinkSidecar starts a sidecar forwarding to url (gateway gw1,
 // max_inflight inflight) and publishes total frames, durable on return.
 func startUplinkSidecar(t *testing.T, url string, inflight, total int) *Sidecar {
+	return startUplinkSidecarLog(t, url, inflight, total, quietLogger(t))
+}
+
+// startUplinkSidecarLog is startUplinkSidecar logging to log.
+func startUplinkSidecarLog(t *testing.T, url string, inflight, total int, log *slog.Logger) *Sidecar {
 	cfg := testConfig(t, "--uplink-nats-servers", url, "--uplink-nats-gateway", "gw1", "--uplink-nats-max-inflight", fmt.Sprint(inflight))
-	s, err := New(cfg, quietLogger(t))
+	s, err := New(cfg, log)
 	if err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { s.Shutdown(context.Background()) })
+	publishFrames(t, s, total)
+	return s
+}
+
+// publishFrames publishes total frames to s's bus, durable on return.
+func publishFrames(t *testing.T, s *Sidecar, total int) {
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
-	pub, err := client.Dial(ctx, client.Config{Name: cfg.Name, RunDir: cfg.RunDir, Producer: "p"})
+	pub, err := client.Dial(ctx, client.Config{Name: s.cfg.Name, RunDir: s.cfg.RunDir, Producer: "p"})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -213,5 +307,4 @@ func startUplinkSidecar(t *testing.T, url string, inflight, total int) *Sidecar 
 	if err := pub.WaitDurable(ctx); err != nil {
 		t.Fatal(err)
 	}
-	return s
 }
