@@ -7,6 +7,7 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"os"
 	"path/filepath"
 	"strconv"
 	"strings"
@@ -310,7 +311,7 @@ func TestUplinkRefused(t *testing.T) {
 // (PublishMsgAsync, at most 4096 pending, as the uplink's max_inflight)
 // moving the same messages (subject, body and the uplink's three headers). framebus: the WAL is filled with uplinkBenchFrames
 // frames by a driver while the uplink is off; then the sidecar starts with
-// the uplink. For all three, frames/s is the frames over the span from the
+// the uplink. For each, frames/s is the frames over the span from the
 // stream's first message to its last (JetStream's timestamps).
 //
 // The server runs first in this process, where the async peer shares a Go
@@ -454,7 +455,7 @@ func BenchmarkUplink(b *testing.B) {
 			b.Run("bus=framebus-in-process", func(b *testing.B) {
 				forward(b, func(b *testing.B, url string, _ jetstream.JetStream, start func()) (time.Duration, func()) {
 					bus := fill(b)
-					cfg, _, err := sidecar.LoadConfig(append(bus.runArgs()[1:], "--uplink-nats-servers", url), nil)
+					cfg, _, err := sidecar.LoadConfig(append(bus.runArgs()[1:], "--uplink-nats-servers", url), os.Environ())
 					if err != nil {
 						b.Fatal(err)
 					}
@@ -463,6 +464,9 @@ func BenchmarkUplink(b *testing.B) {
 					if err != nil {
 						b.Fatal(err)
 					}
+					// Also when the benchmark fails: its uplink would go on
+					// beside the later sub-benchmarks.
+					b.Cleanup(func() { sc.Shutdown(context.Background()) })
 					waitStream(b, url, "FRAMEBUS", uplinkBenchFrames, 5*time.Minute)
 					return 0, func() {
 						if err := sc.Shutdown(context.Background()); err != nil {
