@@ -34,7 +34,7 @@ build: ## Build every package, bin/framebus and bin/framebus-modbus.
 	$(GO) build -o $(BIN)/framebus ./cmd/framebus
 	$(GO) build -o $(BIN)/framebus-modbus ./cmd/framebus-modbus
 
-test: fmt-check vet fuzz-list deps-check generate-check deploy-check test-allocs test-perf test-race test-arm64 ## What CI runs: gofmt, vet, fuzz-target list, generated-code check, allocation and performance-ratio tests, race tests (with the quick chaos suite), arm64 tests under qemu.
+test: fmt-check vet fuzz-list deps-check generate-check deploy-check test-allocs test-perf test-race test-arm64 ## What CI runs: gofmt, vet, fuzz-target list, generated-code check, allocation, performance-ratio and full-count tests, race tests (with the quick chaos suite), arm64 tests under qemu.
 
 .PHONY: deploy-check
 deploy-check: ## Check deploy/: promtool check/test rules and check config, systemd-analyze verify of the units (the Go side is TestDeploy* in ./test).
@@ -67,8 +67,8 @@ test-race: ## go test -race ./...
 test-allocs: ## Allocation tests, without -race (its instrumentation allocates, so they skip under it).
 	$(GO) test -count 1 -run 'Allocs' ./schema ./shm ./wal
 
-test-perf: ## Tests that compare throughput, without -race (its instrumentation distorts the ratios; under -race they check only correctness).
-	$(GO) test -count 1 -run 'TestSlowSubscriber' ./test
+test-perf: ## Tests that compare throughput or need full counts, without -race (its instrumentation distorts the ratios and slows the counts; under -race they check only correctness, at smaller counts): the slow subscriber, and 1 M frames through the uplink with a kill -9.
+	$(GO) test -count 1 -run 'TestSlowSubscriber|TestUplink$$' ./test
 
 # The emulator that runs the arm64 test binaries (Debian: apt-get install qemu-user-static).
 QEMU_ARM64 ?= qemu-aarch64-static

@@ -141,6 +141,8 @@ func uplinkStatus(t testing.TB, addr string) map[string]any {
 // sidecar while it forwards: after a restart nothing is missing and
 // nothing is twice in the stream (the duplicate window drops the resends).
 func TestUplink(t *testing.T) {
+	// make test runs it twice: at 1 M frames without the race detector
+	// (test-perf), and at 200 000 under it.
 	n := 1_000_000
 	if raceEnabled {
 		n = 200_000
