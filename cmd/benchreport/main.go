@@ -144,14 +144,7 @@ func main() {
 		rows = append(rows, fmt.Sprintf("| %s | %s | %s (%.1f×) | %s (%.2f×) |",
 			strings.TrimPrefix(b.name, "RingThroughput/"), format(ring), format(p), ring/p, format(q), ring/q))
 	}
-	if len(rows) > 0 {
-		fmt.Println()
-		fmt.Println("| ring (records/s, median) | ring | Unix socket, write per record (ring ÷ socket) | Unix socket, 64 KiB writes (ring ÷ socket) |")
-		fmt.Println("|---|---|---|---|")
-		for _, r := range rows {
-			fmt.Println(r)
-		}
-	}
+	table("| ring (records/s, median) | ring | Unix socket, write per record (ring ÷ socket) | Unix socket, 64 KiB writes (ring ÷ socket) |", rows)
 	endToEnd(benches, byName)
 	uplink(benches, byName)
 }
@@ -180,12 +173,18 @@ func uplink(benches []*bench, byName map[string]*bench) {
 		}
 		rows = append(rows, fmt.Sprintf("| %s | %s | %s | %s | %.2f |", where, bus, format(fb), format(pv), fb/pv))
 	}
+	table("| uplink arrangement | framebus case | framebus frames/s | async publisher frames/s | framebus ÷ async publisher |", rows)
+}
+
+// table prints a markdown table after a blank line: header, the separator
+// row for its columns, and rows; nothing when there are no rows.
+func table(header string, rows []string) {
 	if len(rows) == 0 {
 		return
 	}
 	fmt.Println()
-	fmt.Println("| uplink arrangement | framebus case | framebus frames/s | async publisher frames/s | framebus ÷ async publisher |")
-	fmt.Println("|---|---|---|---|---|")
+	fmt.Println(header)
+	fmt.Println(strings.Repeat("|---", strings.Count(header, "|")-1) + "|")
 	for _, r := range rows {
 		fmt.Println(r)
 	}
@@ -223,12 +222,7 @@ func endToEnd(benches []*bench, byName map[string]*bench) {
 	if len(rows) == 0 {
 		return
 	}
-	fmt.Println()
-	fmt.Println("| preset (medians) | wal_flush_ms | framebus frames/s | framebus MB/s | p99 publish→durable ms | JetStream frames/s, same sync (framebus ÷ JetStream) | disk MB/s (framebus ÷ disk) |")
-	fmt.Println("|---|---|---|---|---|---|---|")
-	for _, r := range rows {
-		fmt.Println(r)
-	}
+	table("| preset (medians) | wal_flush_ms | framebus frames/s | framebus MB/s | p99 publish→durable ms | JetStream frames/s, same sync (framebus ÷ JetStream) | disk MB/s (framebus ÷ disk) |", rows)
 	paced(benches)
 }
 
@@ -259,13 +253,5 @@ func paced(benches []*bench) {
 		}
 		rows = append(rows, fmt.Sprintf("| %s | %s | %s | %s | %s | %s | %s | %s |", m[1], m[3], format(median(b.metrics["frames/s"])), format(p50), format(p99), format(target), verdict, disk))
 	}
-	if len(rows) == 0 {
-		return
-	}
-	fmt.Println()
-	fmt.Println("| preset (paced, medians) | rate frames/s | durable frames/s | p50 ms | p99 ms | target p99 ms (wal_flush_ms + 5) | | disk commit p99 ms, same run (peer=disk-commit) |")
-	fmt.Println("|---|---|---|---|---|---|---|---|")
-	for _, r := range rows {
-		fmt.Println(r)
-	}
+	table("| preset (paced, medians) | rate frames/s | durable frames/s | p50 ms | p99 ms | target p99 ms (wal_flush_ms + 5) | | disk commit p99 ms, same run (peer=disk-commit) |", rows)
 }
