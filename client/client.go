@@ -263,6 +263,15 @@ func (p *Publisher) reattachLoop() bool {
 				err = fmt.Errorf("sidecar gave ring %d/%d instead of %d/%d", m.Slot, m.Generation, p.slot, p.gen)
 			} else {
 				p.conn.Store(conn)
+				select {
+				case <-p.stop:
+					// Close ran during the attach and closed the old
+					// connection only: watch would read this one for
+					// ever, and Close wait for it.
+					conn.Close()
+					return false
+				default:
+				}
 				p.reattach.Add(1)
 				p.cfg.Logger.Info("re-attached to the sidecar", "producer", p.cfg.Producer, "slot", p.slot)
 				return true
