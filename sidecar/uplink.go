@@ -95,15 +95,12 @@ type uplink struct {
 	// sentMax is the highest sequence number published (the uplink's
 	// goroutine only).
 	sentMax uint64
-	// failLog: when a failure was last logged, the position then, how
-	// many failures were not logged since, and whether the uplink has
-	// failed since it last moved its position (logFailure, advance; the
-	// uplink's goroutine only).
+	// failLog: when a failure was last logged (zero: none since the
+	// position last moved) and how many were not logged since
+	// (logFailure, advance; the uplink's goroutine only).
 	failLog struct {
 		at         time.Time
-		pos        uint64
 		suppressed int
-		failing    bool
 	}
 
 	cancel context.CancelFunc
@@ -344,9 +341,7 @@ var uplinkRepeatLog = time.Minute
 // The status's last_error and framebus_uplink_errors_total count every
 // one; advance logs when the uplink forwards again.
 func (u *uplink) logFailure(changed bool, level slog.Level, msg string, args ...any) {
-	u.failLog.failing = true
-	pos := u.position.Load()
-	if !changed && pos == u.failLog.pos && time.Since(u.failLog.at) < uplinkRepeatLog {
+	if !changed && !u.failLog.at.IsZero() && time.Since(u.failLog.at) < uplinkRepeatLog {
 		u.failLog.suppressed++
 		return
 	}
@@ -354,7 +349,7 @@ func (u *uplink) logFailure(changed bool, level slog.Level, msg string, args ...
 		args = append(args, "not_logged_since_last_line", u.failLog.suppressed)
 	}
 	u.log.Log(context.Background(), level, msg+" (while it makes no progress, the same failure is logged again at most once a minute)", args...)
-	u.failLog.at, u.failLog.pos, u.failLog.suppressed = time.Now(), pos, 0
+	u.failLog.at, u.failLog.suppressed = time.Now(), 0
 }
 
 // ensureStream checks that the stream exists (creating it if told to).
@@ -606,14 +601,15 @@ func (u *uplink) pump(ctx context.Context, nc *nats.Conn, js jetstream.JetStream
 func (u *uplink) advance(pos uint64) error {
 	if pos > u.position.Load() {
 		u.position.Store(pos)
-		if u.failLog.failing {
-			// The end of the failures logFailure saw.
+		if !u.failLog.at.IsZero() {
+			// The end of the failures logFailure saw; the next one is
+			// a new incident, logged at once.
 			args := []any{"acked_seq", pos}
 			if u.failLog.suppressed > 0 {
 				args = append(args, "failures_not_logged", u.failLog.suppressed)
 			}
 			u.log.Info("uplink forwards again", args...)
-			u.failLog.failing, u.failLog.suppressed = false, 0
+			u.failLog.at, u.failLog.suppressed = time.Time{}, 0
 		}
 		if err := u.s.wal.SetCursor(uplinkCursor, pos); err != nil {
 			return fmt.Errorf("moving the uplink cursor: %w", err)

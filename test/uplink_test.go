@@ -477,8 +477,6 @@ func BenchmarkUplink(b *testing.B) {
 					}
 				})
 			})
-		}
-		if inProcess {
 			b.Run("peer=sync-publish", func(b *testing.B) {
 				forward(b, func(b *testing.B, _ string, js jetstream.JetStream, start func()) (time.Duration, func()) {
 					start()
